@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each builds .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel of torch; a bare `torch` would pull a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: setup demo test test-fast bench bench-full clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install "$(TORCH_PIN)"
+	$(PY) -m pip install -e ".[all,test]"
+	touch $@
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install -e ".[all,bench]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) recipes/demo.py
+
+test: setup
+	$(PY) -m pytest -ra
+
+test-fast: setup
+	$(PY) -m pytest -ra -m "not slow"
+
+bench: $(VENV)/.bench-installed
+	$(PY) benchmarks/step_speed.py --quick
+
+bench-full: $(VENV)/.bench-installed
+	$(PY) benchmarks/step_speed.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache outputs

@@ -1,0 +1,6 @@
+"""Lion (Chen et al. 2023) as a drop-in optimizer for PyTorch, Hugging Face, Lightning and Accelerate."""
+
+from .optimizer import Lion
+
+__version__ = "0.1.0"
+__all__ = ["Lion", "__version__"]

@@ -1,0 +1,98 @@
+"""The Lion update rule, written once and run by every execution path.
+
+Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", Algorithm 2, per parameter:
+
+    c = b1*m + (1-b1)*g                  # interpolation, used only for its sign
+    p = p - lr*(sign(c) + wd*p)          # decoupled weight decay, scaled by lr
+    m = b2*m + (1-b2)*g                  # momentum (EMA of gradients), no bias correction
+
+`lion_update_` is generic over an ops table: `TENSOR_OPS` runs it on one tensor (the reference
+loop, and the body that `torch.compile` fuses into one pass), `FOREACH_OPS` on lists of tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+
+TENSOR_OPS = SimpleNamespace(
+    lerp=torch.lerp,
+    lerp_=torch.Tensor.lerp_,
+    sign_=torch.Tensor.sign_,
+    mul_=torch.Tensor.mul_,
+    sub_=torch.Tensor.sub_,
+    neg=torch.neg,
+)
+
+FOREACH_OPS = SimpleNamespace(
+    lerp=torch._foreach_lerp,
+    lerp_=torch._foreach_lerp_,
+    sign_=torch._foreach_sign_,
+    mul_=torch._foreach_mul_,
+    sub_=torch._foreach_sub_,
+    neg=torch._foreach_neg,
+)
+
+
+@dataclass(frozen=True)
+class LionCoefficients:
+    """Scalars of one step, derived in float64 so every path rounds them to fp32 the same way.
+
+    step_size = lr; update_weight = 1-b1; momentum_weight = 1-b2; decay = 1-lr*wd.
+    """
+
+    step_size: float
+    update_weight: float
+    momentum_weight: float
+    decay: float
+
+    @classmethod
+    def from_group(cls, lr: float, betas: tuple[float, float], weight_decay: float) -> "LionCoefficients":
+        lr = float(lr)
+        return cls(lr, 1.0 - float(betas[0]), 1.0 - float(betas[1]), 1.0 - lr * float(weight_decay))
+
+    def as_tensor(self, device: torch.device) -> torch.Tensor:
+        """The four scalars as one fp32 tensor, so compiled code takes new values without recompiling."""
+        values = [self.step_size, self.update_weight, self.momentum_weight, self.decay]
+        return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+def lion_update_(ops, param, grad, exp_avg, step_size, update_weight, momentum_weight, decay) -> None:
+    """One Lion step, in place on `param` and `exp_avg` (tensors, or lists of tensors with FOREACH_OPS).
+
+    param <- param*decay - step_size*sign(lerp(exp_avg, grad, update_weight))
+    exp_avg <- lerp(exp_avg, grad, momentum_weight)
+    """
+    update = ops.lerp(exp_avg, grad, update_weight)
+    ops.sign_(update)
+    ops.mul_(update, step_size)
+    if not (isinstance(decay, float) and decay == 1.0):
+        ops.mul_(param, decay)
+    ops.sub_(param, update)
+    ops.lerp_(exp_avg, grad, momentum_weight)
+
+
+def lion_step_tensor_(param, grad, exp_avg, step_size, update_weight, momentum_weight, decay) -> None:
+    """`lion_update_` on one tensor, computed in fp32 and rounded once into low-precision storage."""
+    param32, exp_avg32 = param.float(), exp_avg.float()
+    lion_update_(TENSOR_OPS, param32, grad.float(), exp_avg32, step_size, update_weight, momentum_weight, decay)
+    if param32 is not param:
+        param.copy_(param32)
+    if exp_avg32 is not exp_avg:
+        exp_avg.copy_(exp_avg32)
+
+
+def lion_step_foreach_(params, grads, exp_avgs, step_size, update_weight, momentum_weight, decay) -> None:
+    """`lion_update_` on lists of tensors sharing device and dtypes, in fp32 like `lion_step_tensor_`."""
+    if not params:
+        return
+    params32 = [p.float() for p in params]
+    exp_avgs32 = [m.float() for m in exp_avgs]
+    grads32 = [g.float() for g in grads]
+    lion_update_(FOREACH_OPS, params32, grads32, exp_avgs32, step_size, update_weight, momentum_weight, decay)
+    if params32[0] is not params[0]:
+        torch._foreach_copy_(params, params32)
+    if exp_avgs32[0] is not exp_avgs[0]:
+        torch._foreach_copy_(exp_avgs, exp_avgs32)
