@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import torch
 
-from .rule import lion_step_tensor_
+from .rule import LionCoefficients, lion_step_tensor_
 
 FUSED_DEVICE_TYPES = ("cpu", "cuda")
 
@@ -25,18 +25,24 @@ def compiled_step():
     return torch.compile(_step_with_scalars_, fullgraph=True, dynamic=True)
 
 
-def flat(tensor: torch.Tensor) -> torch.Tensor:
-    """A 1-D view when the layout allows it, so all parameters share one compiled graph."""
-    return tensor.view(-1) if tensor.is_contiguous() else tensor
+def fusable(param: torch.Tensor, exp_avg: torch.Tensor) -> bool:
+    """Contiguous tensors of 2+ elements share one graph; the rest run the same rule eagerly.
+
+    (Dynamo specializes sizes 0 and 1, and a strided layout would add a graph per rank.)
+    """
+    return param.is_contiguous() and exp_avg.is_contiguous() and param.numel() > 1
 
 
-def fused_step_(params, grads, exp_avgs, scalars: torch.Tensor) -> None:
+def fused_step_(params, grads, exp_avgs, coefficients: LionCoefficients) -> None:
     """Run the compiled kernel on each parameter; raises whatever compiling raises."""
-    kernel = compiled_step()
+    kernel, scalars = compiled_step(), None
     for param, grad, exp_avg in zip(params, grads, exp_avgs):
-        param_view, exp_avg_view = flat(param), flat(exp_avg)
-        grad_view = grad.reshape(param_view.shape) if param_view.dim() == 1 else grad
-        kernel(param_view, grad_view, exp_avg_view, scalars)
+        if not fusable(param, exp_avg):
+            lion_step_tensor_(param, grad, exp_avg, *vars(coefficients).values())
+            continue
+        if scalars is None:
+            scalars = coefficients.as_tensor(param.device)
+        kernel(param.view(-1), grad.reshape(-1), exp_avg.view(-1), scalars)
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,7 +52,7 @@ def fused_unavailable_reason(device_type: str) -> str | None:
         return f"torch.compile fusion is not supported on device type {device_type!r}"
     try:
         probe = [torch.zeros(8, device=device_type) for _ in range(3)]
-        fused_step_(probe[:1], probe[1:2], probe[2:], torch.zeros(4, device=device_type))
+        fused_step_(probe[:1], probe[1:2], probe[2:], LionCoefficients(0.0, 0.0, 0.0, 1.0))
     except Exception as error:  # no C++ compiler, no Triton, unsupported platform...
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         return f"compiling failed with {type(error).__name__}: {first_line}"

@@ -201,7 +201,7 @@ class Lion(Optimizer):
                 bucket = [[tensors[i] for i in indices] for tensors in (params, grads, exp_avgs)]
                 path = self.execution_path(group, device)
                 if path == "fused":
-                    fused_step_(*bucket, coefficients.as_tensor(device))
+                    fused_step_(*bucket, coefficients)
                 elif path == "foreach":
                     lion_step_foreach_(*bucket, *vars(coefficients).values())
                 else:
