@@ -84,7 +84,8 @@ class Lion(Optimizer):
         betas: (beta1, beta2), each in [0, 1): interpolation for the update sign, and momentum decay.
         weight_decay: decoupled decay coefficient λ (default 0).
         maximize: ascend instead of descend.
-        foreach: use the multi-tensor ``torch._foreach_*`` path (None: on CUDA when not fused).
+        foreach: use the multi-tensor ``torch._foreach_*`` path when not fused (None: on CUDA only;
+            on CPU the per-tensor loop is faster).
         fused: use the single-pass ``torch.compile`` kernel (None: when it compiles on this machine,
             falling back with one warning; True: required, raising if it cannot compile).
         momentum_dtype: dtype of ``exp_avg`` (None: the parameter's dtype; e.g. torch.float32 for
@@ -162,24 +163,24 @@ class Lion(Optimizer):
         """The path ('fused', 'foreach' or 'for-loop') a step of `group` takes on `device`."""
         if torch.compiler.is_compiling():
             return "foreach"  # the caller's own torch.compile fuses the traced step
-        if group["fused"] is not False:
-            reason = fused_unavailable_reason(device.type)
-            if reason is None:
-                return "fused"
-            if group["fused"]:
-                raise RuntimeError(f"Lion(fused=True) cannot run on {device.type}: {reason}")
-            if device.type not in _warned_fallback:
-                _warned_fallback.add(device.type)
-                warnings.warn(
-                    f"lion_integrations.Lion: fused path unavailable on {device.type} ({reason}); "
-                    "using the foreach path",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
         foreach = group["foreach"]
-        if foreach is None:
-            foreach = device.type == "cuda" or group["fused"] is None
-        return "foreach" if foreach else "for-loop"
+        unfused = "foreach" if (foreach or foreach is None and device.type == "cuda") else "for-loop"
+        if group["fused"] is False:
+            return unfused
+        reason = fused_unavailable_reason(device.type)
+        if reason is None:
+            return "fused"
+        if group["fused"]:
+            raise RuntimeError(f"Lion(fused=True) cannot run on {device.type}: {reason}")
+        if device.type not in _warned_fallback:
+            _warned_fallback.add(device.type)
+            warnings.warn(
+                f"lion_integrations.Lion: fused path unavailable on {device.type} ({reason}); "
+                f"using the {unfused} path",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return unfused
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):

@@ -1,0 +1,139 @@
+"""Step speed of Lion's execution paths against the memory floor and against peer optimizers.
+
+    python benchmarks/step_speed.py [--quick] [--params 20000000]
+
+Prints a markdown table of ratios measured in this run: step time / memory floor, where the floor is
+the bytes an fp32 Lion step must move (read p, g, m; write p, m: 20 bytes a parameter) divided by
+this machine's in-place bandwidth, and step time / the best peer's. Then the first-step compile time
+of the fused path, cold (empty Inductor cache) and warm (cache from the cold run), in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import inplace_bandwidth, make_params, markdown_table, median_seconds  # noqa: E402
+
+from lion_integrations import Lion  # noqa: E402
+
+LION_BYTES_PER_PARAM = 5 * 4
+
+
+def contenders():
+    """(name, factory or None, reason) for each path of ours and each installed peer."""
+    yield "lion_integrations fused", lambda p: Lion(p, lr=1e-4, weight_decay=0.1, fused=True), ""
+    yield "lion_integrations foreach", lambda p: Lion(p, lr=1e-4, weight_decay=0.1, fused=False, foreach=True), ""
+    yield "lion_integrations for-loop", lambda p: Lion(p, lr=1e-4, weight_decay=0.1, fused=False, foreach=False), ""
+    peers = [
+        ("lion-pytorch Lion", "lion_pytorch", lambda m, p: m.Lion(p, lr=1e-4, weight_decay=0.1)),
+        ("torch-optimi Lion", "optimi", lambda m, p: m.Lion(p, lr=1e-4, weight_decay=0.1)),
+        ("pytorch_optimizer Lion", "pytorch_optimizer", lambda m, p: m.Lion(p, lr=1e-4, weight_decay=0.1)),
+        ("bitsandbytes Lion32bit", "bitsandbytes", lambda m, p: m.optim.Lion32bit(p, lr=1e-4, weight_decay=0.1)),
+        ("torch AdamW fused (2 states)", "torch", lambda m, p: m.optim.AdamW(p, lr=1e-4, fused=True)),
+    ]
+    for name, module_name, factory in peers:
+        try:
+            module = __import__(module_name)
+        except Exception as error:  # not installed: `pip install -e .[bench]`
+            yield name, None, f"not installed ({type(error).__name__})"
+            continue
+        yield name, (lambda p, module=module, factory=factory: factory(module, p)), ""
+
+
+def measure_steps(total: int, repeats: int):
+    results = {}
+    for name, factory, reason in contenders():
+        if factory is None:
+            results[name] = reason
+            continue
+        params = make_params(total)
+        try:
+            optimizer = factory(params)
+            results[name] = median_seconds(optimizer.step, repeats, warmup=2)
+        except Exception as error:
+            results[name] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:80]}"
+        del params
+    return results
+
+
+COMPILE_PROBE = textwrap.dedent(
+    """
+    import time, torch
+    from lion_integrations import Lion
+    params = [torch.nn.Parameter(torch.randn(512, 512)) for _ in range(4)]
+    for p in params: p.grad = torch.randn_like(p)
+    optimizer = Lion(params, fused=True)
+    start = time.perf_counter(); optimizer.step(); first = time.perf_counter() - start
+    start = time.perf_counter(); optimizer.step(); second = time.perf_counter() - start
+    print(first - second)
+    """
+)
+
+
+def measure_compile_seconds() -> tuple[float, float]:
+    """First-step overhead of the fused path in fresh processes: empty cache, then the same cache."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+        run = lambda: float(subprocess.run([sys.executable, "-c", COMPILE_PROBE], env=env, check=True,
+                                           capture_output=True, text=True).stdout.split()[-1])
+        return run(), run()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=int, default=20_000_000, help="parameters in the model (default 20M)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--output", type=Path, default=Path("outputs/step_speed.md"))
+    args = parser.parse_args()
+    repeats = 5 if args.quick else 15
+
+    bandwidth = inplace_bandwidth(args.params)
+    floor = LION_BYTES_PER_PARAM * args.params / bandwidth
+    steps = measure_steps(args.params, repeats)
+    timed = {name: seconds for name, seconds in steps.items() if isinstance(seconds, float)}
+    lion_peers = [s for name, s in timed.items() if not name.startswith("lion_integrations") and "AdamW" not in name]
+    best_peer = min(lion_peers) if lion_peers else None
+    all_peers = [s for name, s in timed.items() if not name.startswith("lion_integrations")]
+
+    rows = []
+    for name, seconds in steps.items():
+        if not isinstance(seconds, float):
+            rows.append([name, "-", "-", "-", seconds])
+            continue
+        rows.append([
+            name,
+            f"{seconds / floor:.2f}x",
+            f"{seconds / best_peer:.2f}x" if best_peer else "-",
+            f"{seconds / min(all_peers):.2f}x" if all_peers else "-",
+            "",
+        ])
+    cold, warm = measure_compile_seconds()
+    fused = timed.get("lion_integrations fused")
+    header = ["optimizer", "step / memory floor", "step / best Lion peer", "step / best peer incl. AdamW", "note"]
+    report = "\n".join([
+        f"# Optimizer step speed, {args.params / 1e6:.0f}M fp32 parameters, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+        "",
+        f"Memory floor: {LION_BYTES_PER_PARAM} bytes/param at the in-place bandwidth measured in this run.",
+        "",
+        markdown_table(header, rows),
+        "",
+        f"Fused first-step compile: {cold:.1f} s cold, {warm:.1f} s with the on-disk cache"
+        + (f" (= {cold / fused:.0f} and {warm / fused:.0f} fused steps)" if fused else "") + ".",
+    ])
+    print(report)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
