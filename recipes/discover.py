@@ -1,0 +1,192 @@
+"""Search for optimizers the way Lion was found (Chen et al. 2023), on a CPU.
+
+    python recipes/discover.py                    # one CPU-hour (--budget-minutes 60)
+    python recipes/discover.py --quick            # about 2 minutes
+    python recipes/discover.py --budget-minutes 15 --out runs/discover
+
+Regularized evolution starts from AdamW and scores children on the proxy suite (small MLPs on the
+digits and on standard-library text); children that beat AdamW there go through the funnel (the same
+data, ~10x the compute, other seeds) and are accepted only if they beat AdamW there too. At the end
+the best accepted programs are simplified and evaluated on a held-out task (a deeper MLP predicting
+characters of standard-library modules the search never saw).
+
+Every stage compares with AdamW (torch's, bias-corrected) tuned over the same lr grid and weight
+decays {0, 0.01, 0.1}. A stage's score is the mean over its tasks of validation loss / tuned AdamW's
+(lower is better; below 1 beats AdamW). The warm start (the paper's AdamW program: no bias
+correction, weight decay 0.01) and Lion are printed for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lion_integrations.discovery import (  # noqa: E402
+    Search, SearchConfig, is_lion_form, resolve_program, shortest_text, simplify,
+)
+from lion_integrations.discovery.tasks import FUNNEL, HELDOUT, PROXY, Suite, lr_grid  # noqa: E402
+
+PAPER_RATES = "the paper reports 69.8% redundant statements and an 89.1% cache-hit rate"
+
+
+def arguments(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget-minutes", type=float, default=60.0, help="total wall-clock budget (default 60)")
+    parser.add_argument("--quick", action="store_true", help="a ~2 minute run: short search, reduced funnel and held-out tasks")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the search (default 0)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; more only adds contention)")
+    parser.add_argument("--start", default="adamw", help="warm-start program: a builtin name, program text or a file")
+    parser.add_argument("--population", type=int, default=32)
+    parser.add_argument("--tournament", type=int, default=8)
+    parser.add_argument("--max-statements", type=int, default=16)
+    parser.add_argument("--restart-after", type=int, default=400, help="children without a new best before a restart")
+    parser.add_argument("--top", type=int, default=3, help="programs simplified and evaluated on the held-out task")
+    parser.add_argument("--out", type=Path, help="folder for results.json and the best programs' text")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.budget_minutes = min(args.budget_minutes, 2.0)
+    if not args.budget_minutes > 0:
+        parser.error("--budget-minutes must be > 0")
+    return args
+
+
+def describe(result) -> str:
+    parts = ", ".join(f"{name} {r.loss:.4f} @lr {r.lr:g}" for name, r in result.parts.items())
+    verdict = "beats AdamW" if result.loss < 1 else "loses to AdamW"
+    return f"{result.loss:.4f} x AdamW ({verdict}; {parts})"
+
+
+def shape_of(program) -> str:
+    """The program's short text with its constants blanked: programs differing only in constants share it."""
+    return re.sub(r"\d+(\.\d+)?(e-?\d+)?", "c", shortest_text(program))
+
+
+def main(argv=None) -> dict:
+    args = arguments(argv)
+    torch.set_num_threads(args.threads)
+    budget = 60.0 * args.budget_minutes
+    started = time.perf_counter()
+    proxy_specs, funnel_specs, heldout_specs = PROXY, FUNNEL, (HELDOUT,)
+    if args.quick:  # keep the whole run near two minutes
+        funnel_specs = tuple(replace(s, steps=100, seeds=s.seeds[:1], lrs=lr_grid(-3.5, -1.5, 1)) for s in FUNNEL)
+        heldout_specs = (replace(HELDOUT, steps=150, seeds=(20,), hidden=(64,), lrs=lr_grid(-3.5, -1.5, 1)),)
+    stages = {"proxy": Suite(proxy_specs), "funnel": Suite(funnel_specs), "heldout": Suite(heldout_specs)}
+    for name, suite in stages.items():
+        print(f"{name}: {suite}")
+
+    print("\nTuned AdamW (lr grid x weight decay {0, 0.01, 0.1}) per task:")
+    timing = {}
+    for name, suite in stages.items():
+        begin = time.perf_counter()
+        reference = suite.adamw()
+        timing[name] = (time.perf_counter() - begin) / 3  # three weight decays
+        for task, result in reference.parts.items():
+            print(f"  {name:8s} {task:8s} loss {result.loss:.4f} (acc {result.accuracy:.3f}) at lr {result.lr:g}, "
+                  f"wd {suite.reference_decays[task]:g}")
+    start = resolve_program(args.start)
+    references = {"warm start": start} if args.quick else {"warm start": start, "lion": resolve_program("lion")}
+    print("\nReferences (score = mean loss / tuned AdamW's loss):")
+    reference_scores = {}
+    for label, program in references.items():
+        reference_scores[label] = {name: suite.evaluate(program) for name, suite in stages.items()}
+        for name, result in reference_scores[label].items():
+            print(f"  {label:10s} {name:8s} {describe(result)}")
+
+    def funnel_check(program):
+        result = stages["funnel"].evaluate(program)
+        return result.loss, result.loss < 1.0
+
+    # Leave time for the final stage: simplification (~40 proxy evaluations a program), one funnel
+    # and one held-out evaluation per program.
+    final_seconds = args.top * (40 * timing["proxy"] + timing["funnel"] + timing["heldout"])
+    search_seconds = max(budget - (time.perf_counter() - started) - final_seconds, 5.0)
+    config = SearchConfig(
+        population=args.population, tournament=args.tournament, max_statements=args.max_statements,
+        restart_after=args.restart_after,
+    )
+    print(f"\nRegularized evolution from {args.start!r} for {search_seconds / 60:.1f} min "
+          f"(population {config.population}, tournament {config.tournament}, seed {args.seed}):")
+    search = Search(lambda p: stages["proxy"].evaluate(p).loss, 1.0, config, args.seed, funnel_check, print)
+    found = search.run(start, budget_seconds=search_seconds)
+    stats = found.stats
+    print(f"\nSearch: {stats.summary()}")
+    print(f"  redundancy {100 * stats.redundancy:.1f}% of statements, cache-hit rate {100 * stats.cache_hit_rate:.1f}% "
+          f"({PAPER_RATES})")
+    print(f"  {len(found.accepted)} program(s) accepted by the funnel; best proxy score {found.best.loss:.4f}")
+
+    # Candidates for the held-out stage: accepted programs by funnel score, else the best proxy programs;
+    # one per shape (programs that differ only in constants count once).
+    if found.accepted:
+        pool = [a.program for a in sorted(found.accepted, key=lambda a: a.funnel_loss)]
+    else:
+        pool = [member.program for member in found.top(10 * args.top)]
+    proxy_score = lambda p: stages["proxy"].evaluate(p).loss  # noqa: E731
+    finals, shapes = [], set()
+    for program in pool:
+        if len(finals) >= args.top:
+            break
+        simple = simplify(program, proxy_score, tolerance=0.01)
+        if found.accepted and not stages["funnel"].evaluate(simple).loss < 1.0:
+            simple = simplify(program)  # the low-effect edits cost the funnel: keep the exact simplification
+        if shape_of(simple) in shapes:
+            continue
+        shapes.add(shape_of(simple))
+        finals.append(simple)
+
+    report = {
+        "config": {k: str(v) for k, v in vars(args).items()},
+        "adamw": {name: {task: {"loss": r.loss, "accuracy": r.accuracy, "lr": r.lr} for task, r in suite.adamw().parts.items()}
+                  for name, suite in stages.items()},
+        "references": {label: {name: r.loss for name, r in scores.items()} for label, scores in reference_scores.items()},
+        "search": {**vars(stats), "redundancy": stats.redundancy, "cache_hit_rate": stats.cache_hit_rate,
+                   "accepted": len(found.accepted), "best_proxy": found.best.loss},
+        "programs": [],
+    }
+    warm = reference_scores["warm start"]
+    print("\nBest programs (simplified); score per funnel stage = mean validation loss / tuned AdamW's:")
+    for rank, program in enumerate(finals, 1):
+        scores = {name: suite.evaluate(program) for name, suite in stages.items()}
+        print(f"\n#{rank} {'(Lion form)' if is_lion_form(program) else ''}")
+        print("    " + shortest_text(program).replace("\n", "\n    "))
+        for name, result in scores.items():
+            print(f"  {name:8s} {describe(result)}; warm start {warm[name].loss:.4f}")
+        report["programs"].append({
+            "text": str(program), "short": shortest_text(program), "lion_form": is_lion_form(program),
+            **{name: {"score": r.loss, "beats_adamw": r.loss < 1.0, "beats_warm_start": r.loss < warm[name].loss,
+                      "tasks": {task: {"loss": t.loss, "lr": t.lr} for task, t in r.parts.items()}}
+               for name, r in scores.items()},
+        })
+
+    lion_forms = [key for key, program in found.programs.items() if is_lion_form(program)]
+    lion_best = min((found.cache[key] for key in lion_forms), default=None)
+    print(f"\nLion-form program (update = sign(interp(g, m, c1)), m = interp(g, m, c2)) found: "
+          f"{'yes' if lion_forms else 'no'}", end="")
+    print(f" ({len(lion_forms)} of {len(found.programs)} distinct programs evaluated; best proxy score {lion_best:.4f})"
+          if lion_forms else f" (among {len(found.programs)} distinct programs evaluated)")
+    held = [p for p in report["programs"] if p["heldout"]["beats_adamw"]]
+    held_warm = [p for p in held if p["heldout"]["beats_warm_start"]]
+    print(f"Programs beating tuned AdamW on the held-out task: {len(held)} of {len(finals)} "
+          f"({len(held_warm)} also beat the warm start, whose held-out score is {warm['heldout'].loss:.4f})")
+    report["lion_form_found"] = bool(lion_forms)
+    report["minutes"] = (time.perf_counter() - started) / 60
+    print(f"Total time {report['minutes']:.1f} min")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(report, indent=2))
+        for rank, program in enumerate(finals, 1):
+            (args.out / f"program_{rank}.txt").write_text(str(program) + "\n")
+        print(f"Wrote {args.out}/results.json and program_*.txt (usable as DiscoveredOptimizer(program=path))")
+    return report
+
+
+if __name__ == "__main__":
+    main()
