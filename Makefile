@@ -20,7 +20,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 setup: $(VENV)/.installed
 
 demo: setup
-	$(PY) recipes/demo.py
+	$(PY) recipes/hf_finetune.py
 
 test: setup
 	$(PY) -m pytest -ra

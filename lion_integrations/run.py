@@ -1,0 +1,55 @@
+"""Run a training script with our Trainer optimizer names registered, for scripts that do not import us.
+
+    python -m lion_integrations.run SCRIPT.py [script args...]      e.g. --optim lion
+    python -m lion_integrations.run -m PACKAGE.MODULE [args...]
+    torchrun --nproc-per-node 2 -m lion_integrations.run SCRIPT.py --optim lion ...
+    accelerate launch -m lion_integrations.run SCRIPT.py --optim lion ...
+
+Registers ``optim="lion"`` (see `lion_integrations.hf`), then runs the script as ``__main__`` with
+``sys.argv`` and ``sys.path[0]`` set as ``python SCRIPT.py`` would set them.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+
+USAGE = "usage: python -m lion_integrations.run (SCRIPT.py | -m MODULE) [ARGS...]"
+
+# The script's globals, kept until the process exits as they would be under `python SCRIPT.py`:
+# freeing them when runpy returns runs destructors (process groups, DDP, loaders) too early and can hang.
+script_globals: dict = {}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Register the Hugging Face names, then run the script or module given in `argv` as __main__."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help") or argv == ["-m"]:
+        stream = sys.stdout if argv and argv[0] in ("-h", "--help") else sys.stderr
+        print(USAGE, file=stream)
+        print(__doc__, file=stream)
+        raise SystemExit(0 if stream is sys.stdout else 2)
+
+    if argv[0] == "-m":
+        module, args = argv[1], argv[2:]
+    else:
+        script, args = argv[0], argv[1:]
+        if not os.path.exists(script):
+            print(f"lion_integrations.run: can't open file {script!r}: no such file", file=sys.stderr)
+            raise SystemExit(2)
+
+    from lion_integrations.hf import register
+
+    register()
+    if argv[0] == "-m":
+        sys.argv = [module, *args]  # run_module replaces argv[0] with the module's path
+        script_globals.update(runpy.run_module(module, run_name="__main__", alter_sys=True))
+    else:
+        sys.argv = [script, *args]
+        sys.path[0] = os.path.dirname(os.path.abspath(script))
+        script_globals.update(runpy.run_path(script, run_name="__main__"))
+
+
+if __name__ == "__main__":
+    main()
