@@ -25,6 +25,11 @@ def compiled_step():
     return torch.compile(_step_with_scalars_, fullgraph=True, dynamic=True)
 
 
+def flat_alias(tensor: torch.Tensor) -> torch.Tensor:
+    """A 1-D tensor over `tensor`'s memory that is not a view (Dynamo guards on a view's base shape)."""
+    return tensor.new_empty(0).set_(tensor.untyped_storage(), tensor.storage_offset(), (tensor.numel(),), (1,))
+
+
 def fusable(param: torch.Tensor, exp_avg: torch.Tensor) -> bool:
     """Contiguous tensors of 2+ elements share one graph; the rest run the same rule eagerly.
 
@@ -42,7 +47,7 @@ def fused_step_(params, grads, exp_avgs, coefficients: LionCoefficients) -> None
             continue
         if scalars is None:
             scalars = coefficients.as_tensor(param.device)
-        kernel(param.view(-1), grad.reshape(-1), exp_avg.view(-1), scalars)
+        kernel(flat_alias(param), flat_alias(grad.contiguous()), flat_alias(exp_avg), scalars)
 
 
 @functools.lru_cache(maxsize=None)

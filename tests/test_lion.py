@@ -200,20 +200,19 @@ def test_lion_trains_a_small_regression_model():
     assert losses[-1] < 0.1 * losses[0]
 
 
-def test_fused_compiles_once_and_never_recompiles_across_steps_and_lr_changes():
+def test_fused_compiles_one_graph_for_all_shapes_and_never_recompiles():
     from torch._dynamo.utils import counters
 
-    params, groups = make_problem(3)
+    graphs_before = counters["stats"]["unique_graphs"]
+    params, groups = make_problem(3)  # ranks 0 to 3, a strided tensor, sizes 1 and 2112
     optimizer = Lion(groups, lr=1e-3, fused=True)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.9)
-    for step in range(6):
+    for _ in range(6):
         for param in params:
             param.grad = torch.randn_like(param)
         optimizer.step()
         scheduler.step()
-        if step == 1:
-            graphs_after_warmup = counters["stats"]["unique_graphs"]
-    assert counters["stats"]["unique_graphs"] == graphs_after_warmup
+    assert counters["stats"]["unique_graphs"] - graphs_before <= 1  # 0 if an earlier test compiled it
 
 
 def test_step_inside_a_user_compiled_training_step_matches_eager():
