@@ -7,6 +7,8 @@ Names (values of `transformers.training_args.OptimizerNames`):
 - ``lion`` (member ``LION_INTEGRATIONS``): `lion_integrations.Lion`, full-precision momentum.
 - ``lion_q8`` / ``lion_q4`` (``LION_INTEGRATIONS_Q8`` / ``_Q4``): the quantized-momentum classes
   `Lion8bit` / `Lion4bit`, registered only when this version of lion_integrations provides them.
+- ``lion_discovered`` (``LION_INTEGRATIONS_DISCOVERED``): `lion_integrations.discovery.DiscoveredOptimizer`
+  running a program found by the search, named in ``optim_args`` (``program=PATH`` or a builtin name).
 
 transformers' own ``lion_32bit``, ``lion_8bit``, ``paged_lion_*`` (bitsandbytes; the member
 ``OptimizerNames.LION`` is ``"lion_32bit"``) are left exactly as they are.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import importlib
 import inspect
 import logging
 from typing import Any
@@ -43,11 +46,12 @@ import lion_integrations
 
 logger = logging.getLogger(__name__)
 
-# optim name -> (OptimizerNames member name, class name in lion_integrations)
+# optim name -> (OptimizerNames member name, class path inside lion_integrations)
 VARIANTS: dict[str, tuple[str, str]] = {
     "lion": ("LION_INTEGRATIONS", "Lion"),
     "lion_q8": ("LION_INTEGRATIONS_Q8", "Lion8bit"),
     "lion_q4": ("LION_INTEGRATIONS_Q4", "Lion4bit"),
+    "lion_discovered": ("LION_INTEGRATIONS_DISCOVERED", "discovery.DiscoveredOptimizer"),
 }
 DEFAULT_BETAS = (0.9, 0.99)
 BETA_KEYS = ("beta1", "beta2")
@@ -63,7 +67,12 @@ RESERVED_KEYS = {
 
 def optimizer_class(name: str) -> type | None:
     """The class behind optim `name`, or None when this version of lion_integrations lacks it."""
-    return getattr(lion_integrations, VARIANTS[name][1], None)
+    module_path, _, attribute = f"lion_integrations.{VARIANTS[name][1]}".rpartition(".")
+    try:
+        module = importlib.import_module(module_path)
+    except ImportError:
+        return None
+    return getattr(module, attribute, None)
 
 
 def available_names() -> list[str]:
@@ -141,8 +150,15 @@ def lion_cls_and_kwargs(name: str, args: TrainingArguments, optim_args: dict[str
                 f"Unknown optim_args key {key!r} for optim={name!r} ({cls.__name__}); "
                 f"accepted: {', '.join([*BETA_KEYS, *accepted])}"
             )
-    _log_choice(name, cls, args, betas, explicit_betas=any(key in optim_args for key in BETA_KEYS))
-    kwargs = {"lr": args.learning_rate, "betas": tuple(betas), "weight_decay": args.weight_decay, **options}
+    missing = [key for key, parameter in accepted.items() if parameter.default is parameter.empty and key not in options]
+    if missing:
+        raise ValueError(f"optim={name!r} ({cls.__name__}) needs optim_args {', '.join(f'{key}=...' for key in missing)}")
+    kwargs = {"lr": args.learning_rate, "weight_decay": args.weight_decay, **options}
+    if "betas" in inspect.signature(cls.__init__).parameters:
+        _log_choice(name, cls, args, betas, explicit_betas=any(key in optim_args for key in BETA_KEYS))
+        kwargs["betas"] = tuple(betas)
+    elif any(key in optim_args for key in BETA_KEYS):
+        raise ValueError(f"optim={name!r} ({cls.__name__}) takes no betas: its program defines its own")
     return cls, kwargs
 
 

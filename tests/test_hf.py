@@ -320,6 +320,24 @@ def test_trainer_trains_with_quantized_variant(tmp_path, name):
     assert history[-1] < history[0] - 0.5, history
 
 
+def test_trainer_runs_a_discovered_program_by_name(tmp_path):
+    from lion_integrations.discovery import DiscoveredOptimizer
+
+    program = tmp_path / "program.txt"
+    program.write_text("update = sign(interp(g, m, 0.9)) * lr\nm = interp(g, m, 0.99)\n")
+    examples, vocab = char_blocks()
+    args = training_args(tmp_path, optim="lion_discovered", optim_args=f"program={program}")
+    trainer = Trainer(model=tiny_gpt2(vocab), args=args, train_dataset=examples)
+    trainer.train()
+    optimizer = unwrapped(trainer.optimizer)
+    assert type(optimizer) is DiscoveredOptimizer
+    assert "sign(t2)" in optimizer.param_groups[0]["program"] and "interp(g, m, 0.9)" in optimizer.param_groups[0]["program"]
+    history = losses(trainer)
+    assert history[-1] < history[0] - 0.5, history
+    with pytest.raises(ValueError, match="takes no betas"):
+        hf.lion_cls_and_kwargs("lion_discovered", args, {"beta1": "0.9"})
+
+
 # --- runner -----------------------------------------------------------------------------------
 
 STOCK_SCRIPT = """\
