@@ -92,6 +92,8 @@ class Lion(Optimizer):
             bf16 parameters). The arithmetic is fp32 on every path.
     """
 
+    _codec_state = False  # True in subclasses that keep some momenta quantized (Lion8bit, Lion4bit)
+
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
@@ -141,22 +143,32 @@ class Lion(Optimizer):
             state["exp_avg"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
         return state
 
+    def _local_grad(self, param: torch.Tensor, group: dict[str, Any]) -> torch.Tensor | None:
+        """The gradient to apply to `param` (negated when maximizing) on this rank's shard; None if none."""
+        if param.grad is None:
+            return None
+        if param.grad.is_sparse:
+            raise ValueError(
+                f"Invalid gradient: Lion does not support sparse gradients "
+                f"(parameter of shape {tuple(param.shape)}); use a dense gradient"
+            )
+        grad = param.grad if not group["maximize"] else -param.grad
+        if isinstance(param, DTensor) and isinstance(grad, DTensor) and grad.placements != param.placements:
+            grad = grad.redistribute(param.device_mesh, param.placements)
+        return _local(grad)
+
     def _gather(self, group: dict[str, Any]):
         params, grads, exp_avgs = [], [], []
         for param in group["params"]:
-            if param.grad is None:
+            grad = self._local_grad(param, group)
+            if grad is None:
                 continue
-            if param.grad.is_sparse:
-                raise ValueError(
-                    f"Invalid gradient: Lion does not support sparse gradients "
-                    f"(parameter of shape {tuple(param.shape)}); use a dense gradient"
-                )
-            grad = param.grad if not group["maximize"] else -param.grad
-            if isinstance(param, DTensor) and isinstance(grad, DTensor) and grad.placements != param.placements:
-                grad = grad.redistribute(param.device_mesh, param.placements)
+            state = self._init_state(param, group)
+            if self._codec_state and "exp_avg" not in state:
+                continue  # momentum stored by a codec (Lion8bit, Lion4bit), stepped by its own path
             params.append(_local(param))
-            grads.append(_local(grad))
-            exp_avgs.append(_local(self._init_state(param, group)["exp_avg"]))
+            grads.append(grad)
+            exp_avgs.append(_local(state["exp_avg"]))
         return params, grads, exp_avgs
 
     def execution_path(self, group: dict[str, Any], device: torch.device) -> str:
@@ -191,24 +203,27 @@ class Lion(Optimizer):
                 loss = closure()
 
         for group in self.param_groups:
-            params, grads, exp_avgs = self._gather(group)
-            if not params:
-                continue
-            coefficients = LionCoefficients.from_group(group["lr"], group["betas"], group["weight_decay"])
-            buckets = defaultdict(list)
-            for index, (param, grad, exp_avg) in enumerate(zip(params, grads, exp_avgs)):
-                buckets[(param.device, param.dtype, grad.dtype, exp_avg.dtype)].append(index)
-            for (device, *_), indices in buckets.items():
-                bucket = [[tensors[i] for i in indices] for tensors in (params, grads, exp_avgs)]
-                path = self.execution_path(group, device)
-                if path == "fused":
-                    fused_step_(*bucket, coefficients)
-                elif path == "foreach":
-                    lion_step_foreach_(*bucket, *vars(coefficients).values())
-                else:
-                    for param, grad, exp_avg in zip(*bucket):
-                        lion_step_tensor_(param, grad, exp_avg, *vars(coefficients).values())
+            self._step_group(group)
         return loss
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        params, grads, exp_avgs = self._gather(group)
+        if not params:
+            return
+        coefficients = LionCoefficients.from_group(group["lr"], group["betas"], group["weight_decay"])
+        buckets = defaultdict(list)
+        for index, (param, grad, exp_avg) in enumerate(zip(params, grads, exp_avgs)):
+            buckets[(param.device, param.dtype, grad.dtype, exp_avg.dtype)].append(index)
+        for (device, *_), indices in buckets.items():
+            bucket = [[tensors[i] for i in indices] for tensors in (params, grads, exp_avgs)]
+            path = self.execution_path(group, device)
+            if path == "fused":
+                fused_step_(*bucket, coefficients)
+            elif path == "foreach":
+                lion_step_foreach_(*bucket, *vars(coefficients).values())
+            else:
+                for param, grad, exp_avg in zip(*bucket):
+                    lion_step_tensor_(param, grad, exp_avg, *vars(coefficients).values())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict after checking it fits; on any error the optimizer is left unchanged."""
@@ -219,7 +234,7 @@ class Lion(Optimizer):
             raise ValueError(
                 f"Invalid state_dict: it has {len(saved_groups)} param groups, the optimizer {len(self.param_groups)}"
             )
-        saved_momentum = {}
+        converted, kept = {}, {}
         for group_index, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(
@@ -234,17 +249,32 @@ class Lion(Optimizer):
                 entry = state_dict["state"].get(param_id)
                 if entry is None:
                     continue
-                exp_avg = entry.get("exp_avg") if isinstance(entry, dict) else None
-                if not isinstance(exp_avg, torch.Tensor):
-                    raise ValueError(f"Invalid state_dict: state of param {param_id} has no 'exp_avg' tensor")
-                if exp_avg.shape != param.shape:
-                    raise ValueError(
-                        f"Invalid state_dict: 'exp_avg' of param {param_id} has shape {tuple(exp_avg.shape)}, "
-                        f"the parameter has shape {tuple(param.shape)}"
-                    )
-                saved_momentum[param] = (exp_avg, as_momentum_dtype(saved.get("momentum_dtype")))
-        super().load_state_dict(state_dict)
-        # torch casts floating state to the parameter's dtype; keep a requested momentum dtype exactly.
-        for param, (exp_avg, momentum_dtype) in saved_momentum.items():
-            if momentum_dtype is not None:
-                self.state[param]["exp_avg"] = exp_avg.to(device=param.device, dtype=momentum_dtype)
+                entry, keep = self._load_state_entry(param, param_id, entry, group, saved)
+                converted[param_id] = {key: value for key, value in entry.items() if key not in keep}
+                kept[param] = keep
+        super().load_state_dict({**state_dict, "state": {**state_dict["state"], **converted}})
+        # torch casts floating state to the parameter's dtype; put back the tensors whose dtype must stay.
+        for param, tensors in kept.items():
+            for key, value in tensors.items():
+                self.state[param][key] = value.to(device=param.device)
+
+    def _load_state_entry(self, param, param_id, entry, group, saved_group):
+        """Check the saved state `entry` of `param` and return (entry as this optimizer keeps it,
+        {key: tensor} to keep in its own dtype); ValueError naming the parameter if it does not fit.
+
+        The hook through which Lion8bit/Lion4bit keep momentum in a codec. Quantized momentum (theirs,
+        or bitsandbytes' state1/qmap1/absmax1) is decoded here, so Lion loads their checkpoints too.
+        """
+        from .quantization.convert import dequantized_entry
+
+        entry = dequantized_entry(param, param_id, entry, saved_group)
+        exp_avg = entry.get("exp_avg") if isinstance(entry, dict) else None
+        if not isinstance(exp_avg, torch.Tensor):
+            raise ValueError(f"Invalid state_dict: state of param {param_id} has no 'exp_avg' tensor")
+        if exp_avg.shape != param.shape:
+            raise ValueError(
+                f"Invalid state_dict: 'exp_avg' of param {param_id} has shape {tuple(exp_avg.shape)}, "
+                f"the parameter has shape {tuple(param.shape)}"
+            )
+        momentum_dtype = as_momentum_dtype(saved_group.get("momentum_dtype"))
+        return entry, ({"exp_avg": exp_avg.to(dtype=momentum_dtype)} if momentum_dtype is not None else {})

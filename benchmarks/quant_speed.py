@@ -1,0 +1,119 @@
+"""Step speed and state size of Lion8bit/Lion4bit against fp32 Lion's memory floor and bitsandbytes.
+
+    python benchmarks/quant_speed.py [--quick] [--params 20000000]
+
+Everything is measured in this run, on the same parameters (1024x1024 fp32 matrices with grads):
+
+* the memory floor of an fp32 Lion step, as in step_speed.py: 20 bytes/param (read p, g, m; write
+  p, m) at this machine's in-place bandwidth;
+* step times (median) of fp32 `Lion` (fused), `Lion8bit` and `Lion4bit` (fused), and bitsandbytes'
+  `Lion8bit` when installed;
+* optimizer state bytes per parameter.
+
+Prints a markdown table of ratios (and writes it to outputs/quant_speed.md): step / floor, step /
+fp32 Lion's step, and bitsandbytes' step / ours (how many times faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import inplace_bandwidth, machine_line, make_params, markdown_table, median_seconds  # noqa: E402
+
+from lion_integrations import Lion, Lion4bit, Lion8bit  # noqa: E402
+
+LION_BYTES_PER_PARAM = 5 * 4
+
+
+def contenders():
+    yield "Lion (fp32 state, fused)", lambda p: Lion(p, lr=1e-4, weight_decay=0.1, fused=True)
+    yield "Lion8bit (fused)", lambda p: Lion8bit(p, lr=1e-4, weight_decay=0.1, fused=True)
+    yield "Lion4bit (fused)", lambda p: Lion4bit(p, lr=1e-4, weight_decay=0.1, fused=True)
+    yield "Lion8bit (for-loop)", lambda p: Lion8bit(p, lr=1e-4, weight_decay=0.1, fused=False)
+    try:
+        import bitsandbytes
+    except Exception as error:  # not installed: `pip install -e .[bench]`
+        yield "bitsandbytes Lion8bit", f"not installed ({type(error).__name__})"
+        return
+    yield "bitsandbytes Lion8bit", lambda p: bitsandbytes.optim.Lion8bit(p, lr=1e-4, weight_decay=0.1)
+
+
+def state_bytes_per_param(optimizer, params) -> float:
+    total = 0
+    for param in params:
+        for value in optimizer.state[param].values():
+            if isinstance(value, torch.Tensor):
+                total += value.numel() * value.element_size()
+            elif isinstance(value, dict):  # bitsandbytes nests its quantized state
+                total += sum(v.numel() * v.element_size() for v in value.values() if isinstance(v, torch.Tensor))
+    return total / sum(p.numel() for p in params)
+
+
+def measure(total: int, repeats: int):
+    results = {}
+    for name, factory in contenders():
+        if isinstance(factory, str):
+            results[name] = factory
+            continue
+        params = make_params(total)
+        try:
+            optimizer = factory(params)
+            seconds = median_seconds(optimizer.step, repeats, warmup=2)
+            results[name] = (seconds, state_bytes_per_param(optimizer, params))
+        except Exception as error:
+            results[name] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:80]}"
+        del params
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=int, default=20_000_000, help="parameters (default 20M)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--output", type=Path, default=Path("outputs/quant_speed.md"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = 5 if args.quick else 15
+
+    floor = LION_BYTES_PER_PARAM * args.params / inplace_bandwidth(args.params)
+    results = measure(args.params, repeats)
+    fp32 = results.get("Lion (fp32 state, fused)")
+    bnb = results.get("bitsandbytes Lion8bit")
+    rows = []
+    for name, result in results.items():
+        if isinstance(result, str):
+            rows.append([name, "-", "-", "-", "-", result])
+            continue
+        seconds, state = result
+        rows.append([
+            name,
+            f"{seconds / floor:.2f}x",
+            f"{seconds / fp32[0]:.2f}x" if isinstance(fp32, tuple) else "-",
+            f"{bnb[0] / seconds:.1f}x" if isinstance(bnb, tuple) else "-",
+            f"{state:.3f}",
+            "",
+        ])
+    header = ["optimizer", "step / fp32 Lion floor", "step / fp32 Lion step", "bitsandbytes Lion8bit step / step",
+              "state bytes/param", "note"]
+    report = "\n".join([
+        f"# Quantized-momentum step speed, {args.params / 1e6:.0f}M fp32 parameters ({machine_line()})",
+        "",
+        f"fp32 Lion floor: {LION_BYTES_PER_PARAM} bytes/param at the in-place bandwidth measured in this run "
+        f"({floor * 1e3:.1f} ms a step).",
+        "",
+        markdown_table(header, rows),
+    ])
+    print(report)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    main()

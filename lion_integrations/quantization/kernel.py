@@ -1,0 +1,138 @@
+"""One Lion step on quantized momentum: decode -> `lion_step_tensor_` -> encode.
+
+`quantized_lion_step_` is that step on a group of blocks, and the only one: the for-loop path runs
+it eagerly, the fused path runs it through `torch.compile` (dynamic shapes, the step's scalars as
+one fp32 tensor, like `lion_integrations.fused`, so neither a new shape nor a new learning rate
+recompiles). Inductor turns it into a reduction loop (each block's new absmax) and a pointwise loop
+(parameter update and new codes) in one kernel; both recompute the momentum from codes and gradient
+in registers, so no full-size fp32 buffer is written.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..fused import FUSED_DEVICE_TYPES
+from ..rule import LionCoefficients, lion_step_tensor_
+from .codec import _padded_tail, block_views, decode_blocks, encode_blocks, tables
+
+# Keep the momentum in registers: by default Inductor stores a pointwise value that several loops
+# read once it reads more than a few inputs (or has many ops), here a full-size fp32 buffer.
+_INDUCTOR_OPTIONS = {
+    "realize_reads_threshold": 10_000,
+    "realize_opcount_threshold": 10_000,
+    "realize_acc_reads_threshold": 10_000,
+    # Table indices are clamped or come from uint8 codes: in range by construction.
+    "assert_indirect_indexing": False,
+}
+
+
+def quantized_lion_step_(
+    param, grad, codes, absmax, decode, below, cell_midpoint, step_size, update_weight, momentum_weight, decay, *, bits
+) -> None:
+    """One step in place on blocks: `param`, `grad` (..., L); `codes` (..., L or L/2); `absmax` (...)."""
+    exp_avg = decode_blocks(codes, absmax, decode, bits)
+    lion_step_tensor_(param, grad, exp_avg, step_size, update_weight, momentum_weight, decay)
+    new_codes, new_absmax = encode_blocks(exp_avg, below, cell_midpoint, bits)
+    codes.copy_(new_codes)
+    absmax.copy_(new_absmax)
+
+
+# One function per (bits, part) so that each has its own code object, hence its own Dynamo cache:
+# full blocks (rows, n, block_size) and a row's short last block (rows, 1, t) are different graphs.
+def _step8_full(param, grad, codes, absmax, decode, below, cell_midpoint, scalars) -> None:
+    quantized_lion_step_(param, grad, codes, absmax, decode, below, cell_midpoint, *scalars.unbind(), bits=8)
+
+
+def _step8_tail(param, grad, codes, absmax, decode, below, cell_midpoint, scalars) -> None:
+    quantized_lion_step_(param, grad, codes, absmax, decode, below, cell_midpoint, *scalars.unbind(), bits=8)
+
+
+def _step4_full(param, grad, codes, absmax, decode, below, cell_midpoint, scalars) -> None:
+    quantized_lion_step_(param, grad, codes, absmax, decode, below, cell_midpoint, *scalars.unbind(), bits=4)
+
+
+def _step4_tail(param, grad, codes, absmax, decode, below, cell_midpoint, scalars) -> None:
+    quantized_lion_step_(param, grad, codes, absmax, decode, below, cell_midpoint, *scalars.unbind(), bits=4)
+
+
+_STEPS = {(8, "full"): _step8_full, (8, "tail"): _step8_tail, (4, "full"): _step4_full, (4, "tail"): _step4_tail}
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_quantized_step(bits: int, part: str):
+    """The compiled step for `bits` and `part` ('full' blocks or the 'tail' ones), built once per process."""
+    return torch.compile(_STEPS[bits, part], fullgraph=True, dynamic=True, options=_INDUCTOR_OPTIONS)
+
+
+def step_quantized_param_(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    codes: torch.Tensor,
+    absmax: torch.Tensor,
+    coefficients: LionCoefficients,
+    *,
+    bits: int,
+    block_size: int,
+    fused: bool,
+    scalars: torch.Tensor | None = None,
+) -> None:
+    """Step one parameter (or local shard) whose momentum is `codes`/`absmax` in the row layout."""
+    rows = absmax.shape[0]
+    if param.numel() == 0 or rows == 0:
+        return
+    # Plain tensors sharing the storage (views of a leaf that requires grad trip autograd checks in
+    # compiled code); non-contiguous ones are stepped in a contiguous copy that is written back.
+    param, grad, codes, absmax = param.detach(), grad.detach(), codes.detach(), absmax.detach()
+    work_param = param if param.is_contiguous() else param.contiguous()
+    work_codes = codes if codes.is_contiguous() else codes.contiguous()
+    grad_rows = grad.contiguous().view(rows, -1)
+    _, decode, below, cell_midpoint = tables(bits, param.device)
+    if fused:
+        if scalars is None:
+            scalars = coefficients.as_tensor(param.device)
+        torch._dynamo.mark_static(scalars)  # its 4 is a constant, not a size shared with blocks
+    parts = block_views(work_param.view(rows, -1), work_codes.view(rows, -1), absmax, bits, block_size)
+    grad_parts = [part[0] for part in block_views(grad_rows, work_codes.view(rows, -1), absmax, bits, block_size)]
+    for name, (part_param, part_codes, part_absmax), part_grad in zip(("full", "tail"), parts, grad_parts):
+        if part_param.numel() == 0:
+            continue
+        odd = bits == 4 and part_param.shape[-1] % 2
+        if odd:  # a short 4-bit block of odd length: step a copy padded to whole bytes
+            target, part_param, part_grad = part_param, _padded_tail(part_param), _padded_tail(part_grad)
+        if fused:
+            compiled_quantized_step(bits, name)(
+                part_param, part_grad, part_codes, part_absmax, decode, below, cell_midpoint, scalars
+            )
+        else:
+            quantized_lion_step_(
+                part_param, part_grad, part_codes, part_absmax, decode, below, cell_midpoint, *vars(coefficients).values(),
+                bits=bits,
+            )
+        if odd:
+            target.copy_(part_param[..., : target.shape[-1]])
+    if work_param is not param:
+        param.copy_(work_param)
+    if work_codes is not codes:
+        codes.copy_(work_codes)
+
+
+@functools.lru_cache(maxsize=None)
+def quantized_fused_unavailable_reason(device_type: str, bits: int) -> str | None:
+    """None when the compiled quantized step builds and runs on `device_type`, else why it does not."""
+    if device_type not in FUSED_DEVICE_TYPES:
+        return f"torch.compile fusion is not supported on device type {device_type!r}"
+    try:
+        param = torch.zeros(2, 8, device=device_type)
+        codes = torch.zeros(2, 8 * bits // 8, dtype=torch.uint8, device=device_type)
+        absmax = torch.zeros(2, 2, device=device_type)
+        coefficients = LionCoefficients.from_group(0.0, (0.9, 0.99), 0.0)
+        step_quantized_param_(
+            param, torch.zeros_like(param), codes, absmax, coefficients, bits=bits, block_size=4, fused=True
+        )
+    except Exception as error:  # no C++ compiler, no Triton, unsupported platform...
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return f"compiling failed with {type(error).__name__}: {first_line}"
+    return None

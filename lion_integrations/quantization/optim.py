@@ -1,0 +1,280 @@
+"""`Lion8bit` and `Lion4bit`: `Lion` with its momentum stored by the block-wise codec.
+
+Same rule, same hyperparameters, same execution paths: only the stored state differs. Each step
+decodes a parameter's momentum, runs `lion_step_tensor_` (the rule in `rule.py`) and encodes the
+result (`kernel.quantized_lion_step_`), fused by `torch.compile` into one pass.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from ..optimizer import Lion, _local
+from ..rule import LionCoefficients
+from .codec import ABSMAX_DTYPE, CODES_DTYPE, check_bits, check_block_size, quantized_shapes, rows_and_cols
+from .convert import (
+    ABSMAX,
+    CODES,
+    check_quantized_shapes,
+    dequantized_entry,
+    encode_momentum,
+    is_quantized_entry,
+    local_like,
+    local_shape,
+    param_label,
+    saved_codec,
+    wrap_like,
+)
+from .kernel import quantized_fused_unavailable_reason, step_quantized_param_
+
+try:
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+except ImportError:  # torch built without distributed
+    DTensor, Replicate, Shard = (), (), ()
+
+# Rows (elements per index of dim 0) shorter than this keep full precision: their block scales
+# would cost more than a quarter of the codes.
+MIN_ROW_LENGTH = 16
+CODEC_KEYS = ("bits", "block_size", "min_quantized_size")
+_warned_placements: set[str] = set()
+_warned_fallback: set[str] = set()
+
+
+def check_min_quantized_size(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"Invalid min_quantized_size: {value!r} (must be an int >= 0)")
+    return value
+
+
+def rows_align(param: torch.Tensor) -> bool:
+    """Whether `param`'s shards hold whole rows: plain tensors, or DTensors sharded only on dim 0."""
+    if not isinstance(param, DTensor):
+        return True
+    return all(isinstance(p, Replicate) or (isinstance(p, Shard) and p.dim == 0) for p in param.placements)
+
+
+class QuantizedLion(Lion):
+    """Base of `Lion8bit` and `Lion4bit`; `bits` is set by the subclass."""
+
+    bits: int = 8
+    _codec_state = True
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float | torch.Tensor = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        momentum_dtype: torch.dtype | str | None = None,
+        block_size: int = 256,
+        min_quantized_size: int = 4096,
+    ) -> None:
+        check_bits(self.bits)
+        self._codec_defaults = dict(
+            bits=self.bits,
+            block_size=check_block_size(block_size, self.bits),
+            min_quantized_size=check_min_quantized_size(min_quantized_size),
+        )
+        super().__init__(
+            params, lr, betas, weight_decay,
+            maximize=maximize, foreach=foreach, fused=fused, momentum_dtype=momentum_dtype,
+        )
+        self.defaults.update(self._codec_defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        codec_defaults = getattr(self, "_codec_defaults", None) or {k: self.defaults[k] for k in CODEC_KEYS}
+        for key, value in codec_defaults.items():
+            param_group.setdefault(key, value)
+        if param_group["bits"] != self.bits:
+            raise ValueError(
+                f"Invalid bits: {param_group['bits']!r} in a param group of {type(self).__name__} "
+                f"(it stores {self.bits}-bit momentum; use Lion8bit or Lion4bit)"
+            )
+        check_block_size(param_group["block_size"], self.bits)
+        check_min_quantized_size(param_group["min_quantized_size"])
+        super().add_param_group(param_group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key in CODEC_KEYS:
+                group.setdefault(key, self.defaults[key])
+
+    # --- Which parameters are quantized, and their state. --------------------------------------
+
+    def is_quantized(self, param: torch.Tensor, group: dict[str, Any]) -> bool:
+        """Whether `param`'s momentum is quantized in `group`: 2+ dims, at least `min_quantized_size`
+        elements in the WHOLE parameter (a DTensor's shape is global, so every shard decides alike),
+        rows of at least MIN_ROW_LENGTH elements, and shards of whole rows.
+
+        1-D parameters keep full precision: a shard boundary of a 1-D tensor can fall inside a block.
+        """
+        if param.dim() < 2 or param.numel() < group["min_quantized_size"]:
+            return False
+        if rows_and_cols(param.shape)[1] < MIN_ROW_LENGTH:
+            return False
+        if not rows_align(param):
+            kind = str(tuple(param.placements))
+            if kind not in _warned_placements:
+                _warned_placements.add(kind)
+                warnings.warn(
+                    f"{type(self).__name__}: parameters placed as {kind} keep full-precision momentum "
+                    "(the codec's blocks follow rows, which only Shard(0) keeps whole)",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+            return False
+        return True
+
+    def _init_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
+        state = self.state[param]
+        if not state:
+            if not self.is_quantized(param, group):
+                return super()._init_state(param, group)
+            bits, block_size = group["bits"], group["block_size"]
+            codes_shape, absmax_shape = quantized_shapes(param.shape, bits, block_size)
+            local_codes, local_absmax = quantized_shapes(local_shape(param), bits, block_size)
+            device = _local(param).device
+            # Zero bytes decode to zero momentum (see codec.py).
+            state[CODES] = wrap_like(param, torch.zeros(local_codes, dtype=CODES_DTYPE, device=device), codes_shape)
+            state[ABSMAX] = wrap_like(param, torch.zeros(local_absmax, dtype=ABSMAX_DTYPE, device=device), absmax_shape)
+        return state
+
+    # --- The step. ---------------------------------------------------------------------------------
+
+    def _quantized_path(self, group: dict[str, Any], device: torch.device) -> str:
+        path = self.execution_path(group, device)
+        if path != "fused":
+            return "for-loop"  # there is no multi-tensor variant of the codec: per tensor, eagerly
+        reason = quantized_fused_unavailable_reason(device.type, group["bits"])
+        if reason is None:
+            return "fused"
+        if group["fused"]:
+            raise RuntimeError(f"{type(self).__name__}(fused=True) cannot run on {device.type}: {reason}")
+        if device.type in _warned_fallback:
+            return "for-loop"
+        _warned_fallback.add(device.type)
+        warnings.warn(
+            f"{type(self).__name__}: fused quantized step unavailable on {device.type} ({reason}); "
+            "using the for-loop path",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return "for-loop"
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        super()._step_group(group)  # full-precision momenta; creates every state, quantized or not
+        coefficients, scalars, paths = None, {}, {}
+        for param in group["params"]:
+            state = self.state.get(param)
+            if param.grad is None or not state or CODES not in state:
+                continue
+            grad = self._local_grad(param, group)
+            local_param = _local(param)
+            device = local_param.device
+            if coefficients is None:
+                coefficients = LionCoefficients.from_group(group["lr"], group["betas"], group["weight_decay"])
+            if device not in paths:
+                paths[device] = self._quantized_path(group, device)
+            fused = paths[device] == "fused"
+            if fused and device not in scalars:
+                scalars[device] = coefficients.as_tensor(device)
+            step_quantized_param_(
+                local_param, grad, _local(state[CODES]), _local(state[ABSMAX]), coefficients,
+                bits=group["bits"], block_size=group["block_size"], fused=fused, scalars=scalars.get(device),
+            )
+
+    # --- State dicts. --------------------------------------------------------------------------
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load our checkpoints, `Lion`'s (full precision) and bitsandbytes' 8-bit ones, converting the
+        momentum to this optimizer's storage; on any error the optimizer is left unchanged."""
+        codec_config = [{key: group[key] for key in CODEC_KEYS} for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        # The loaded groups carry the saved hyperparameters; the codec stays ours (it was checked).
+        for group, config in zip(self.param_groups, codec_config):
+            group.update(config)
+
+    def _load_state_entry(self, param, param_id, entry, group, saved_group):
+        index = next((i for i, p in enumerate(group["params"]) if p is param), None)
+        label = param_label(param_id, saved_group, index)
+        if not self.is_quantized(param, group):
+            entry = dequantized_entry(param, param_id, entry, saved_group, label)
+            return super()._load_state_entry(param, param_id, entry, group, saved_group)
+        bits, block_size = group["bits"], group["block_size"]
+        if is_quantized_entry(entry) and "exp_avg" not in entry:
+            saved_bits, saved_block_size = saved_codec(label, saved_group)
+            if (saved_bits, saved_block_size) != (bits, block_size):
+                raise ValueError(
+                    f"Invalid state_dict: {label} was saved with bits={saved_bits}, block_size="
+                    f"{saved_block_size}; this {type(self).__name__} uses bits={bits}, block_size={block_size} "
+                    "(load it with the same settings, or convert through Lion)"
+                )
+            codes, absmax = entry[CODES], entry.get(ABSMAX)
+            check_quantized_shapes(label, param, codes, absmax, bits, block_size)
+            codes, absmax = _placed_like(param, codes), _placed_like(param, absmax)
+            return entry, {CODES: codes, ABSMAX: absmax.to(ABSMAX_DTYPE)}
+        entry = dequantized_entry(param, param_id, entry, saved_group, label)  # bitsandbytes -> exp_avg
+        exp_avg = entry.get("exp_avg") if isinstance(entry, dict) else None
+        if not isinstance(exp_avg, torch.Tensor):
+            raise ValueError(f"Invalid state_dict: state of {label} has no momentum ('exp_avg' or {CODES!r})")
+        if exp_avg.shape != param.shape:
+            raise ValueError(
+                f"Invalid state_dict: 'exp_avg' of {label} has shape {tuple(exp_avg.shape)}, "
+                f"the parameter has shape {tuple(param.shape)}"
+            )
+        codes, absmax = encode_momentum(param, exp_avg.float(), bits, block_size)
+        rest = {k: v for k, v in entry.items() if k != "exp_avg"}
+        return rest, {CODES: codes, ABSMAX: absmax}
+
+
+def _placed_like(param: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """A state tensor placed like `param`: shard a full tensor for a DTensor param, gather for a plain one."""
+    if isinstance(param, DTensor) and not isinstance(tensor, DTensor):
+        return wrap_like(param, local_like(param, tensor), tuple(tensor.shape))
+    if not isinstance(param, DTensor) and isinstance(tensor, DTensor):
+        return tensor.full_tensor()
+    return tensor
+
+
+class Lion8bit(QuantizedLion):
+    r"""`Lion` with 8-bit block-wise quantized momentum: about 1 byte of state per parameter.
+
+    The rule, hyperparameters and execution paths are `Lion`'s; each step decodes the momentum,
+    runs the same update in fp32 and encodes it again (one fused pass on the fused path). Momentum
+    of parameters with 2+ dimensions and at least `min_quantized_size` elements is stored as one
+    uint8 code per element (a signed dynamic map, nearest rounding) and one fp32 absmax per block of
+    `block_size` elements along each row (dim 0 indexes rows); other parameters keep ``exp_avg``.
+
+    Args:
+        params, lr, betas, weight_decay, maximize, foreach, fused, momentum_dtype: as for `Lion`
+            (`momentum_dtype` applies to the full-precision ``exp_avg`` of small parameters).
+        block_size: elements per absmax block (default 256).
+        min_quantized_size: parameters with fewer elements (counted over the whole parameter, not a
+            shard) keep full-precision momentum (default 4096).
+
+    State per quantized parameter: ``exp_avg_codes`` (uint8, the parameter's shape) and
+    ``exp_avg_absmax`` (float32, ``(shape[0], ceil(numel / shape[0] / block_size))``). Checkpoints keep
+    them quantized; `load_state_dict` also accepts `Lion` and bitsandbytes ``Lion8bit`` state dicts.
+    """
+
+    bits = 8
+
+
+class Lion4bit(QuantizedLion):
+    r"""`Lion` with 4-bit block-wise quantized momentum: about half a byte of state per parameter.
+
+    As `Lion8bit`, with 16 codes (a signed dynamic map) packed two per byte along each row:
+    ``exp_avg_codes`` is uint8 of shape ``(shape[0], ceil(numel / shape[0] / 2))``. `block_size` must
+    be even.
+    """
+
+    bits = 4

@@ -1,0 +1,111 @@
+"""Lion8bit/Lion4bit across processes: DDP via Accelerate, FSDP2, DCP state dicts, resharding a
+checkpoint 2 -> 1 -> 2 ranks, and torch's ZeroRedundancyOptimizer. 2 CPU processes on gloo each,
+launched with torchrun; the workers are in tests/workers/quant_*.py and report as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+WORKERS = Path(__file__).resolve().parent / "workers"
+pytestmark = pytest.mark.multiprocess  # each case launches torchrun; `slow` marks those over 30 s
+
+
+def report_of(tmp_path, name):
+    return json.loads((tmp_path / name).read_text())
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_fsdp2_shards_state_and_matches_unsharded_replica(torchrun, tmp_path, bits):
+    torchrun(WORKERS / "quant_fsdp.py", "train", bits, tmp_path / "report.json")
+    report = report_of(tmp_path, "report.json")
+    assert report["world"] == 2
+    # Quantized iff 2-D and >= 4096 elements in the WHOLE parameter: (96, 64) is 3072 per shard.
+    shapes = [tuple(s) for s in report["shapes"]]
+    assert dict(zip(shapes, report["quantized"])) == {
+        (96, 64): True, (96,): False, (40, 96): False, (40,): False, (100, 40): False, (100,): False,
+        (1000, 100): True, (5, 1000): True, (5,): False,
+    }
+    assert report["state_is_dtensor"] and report["sharded_values_are_dtensors"]
+    assert 0.45 <= report["local_state_fraction"] <= 0.55  # ~1/world of the state on each rank
+    assert report["max_diff_vs_replica"] == 0.0  # bit-identical to the unsharded optimizer
+    assert report["full_state_equals_replica"]  # gathered codes == the unsharded codes
+    assert report["sharded_round_trip"] and report["full_round_trip"]
+    assert report["continues_identically"]
+
+
+@pytest.mark.slow
+def test_dcp_checkpoint_reshards_2_to_1_to_2_and_continues_exactly(torchrun, tmp_path):
+    worker = WORKERS / "quant_fsdp.py"
+    torchrun(worker, "reshard", "save", tmp_path, tmp_path / "save.json", nproc=2)
+    saved = report_of(tmp_path, "save.json")
+    assert saved["optimizer_bytes_per_param_on_disk"] <= 1.1  # quantized on disk, not fp32
+    assert saved["quantized_dtypes"] == ["torch.float32", "torch.uint8"]
+    torchrun(worker, "reshard", "load1", tmp_path, tmp_path / "load1.json", nproc=1)
+    loaded = report_of(tmp_path, "load1.json")
+    assert loaded["world"] == 1 and loaded["state_equals_saved"] and loaded["trained_on"]
+    torchrun(worker, "reshard", "resume2", tmp_path, tmp_path / "resume2.json", nproc=2)
+    assert report_of(tmp_path, "resume2.json")["equals_uninterrupted"]
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_accelerate_ddp_keeps_ranks_identical(torchrun, tmp_path, bits):
+    torchrun(WORKERS / "quant_ddp.py", "accelerate", bits, tmp_path / "report.json")
+    report = report_of(tmp_path, "report.json")
+    assert report["distributed_type"] == "DistributedType.MULTI_CPU" and report["world"] == 2
+    assert report["quantized"] == [True, False, True, False, False, False]
+    assert report["weights_rank_difference"] == 0.0 and report["state_rank_difference"] == 0.0
+    # Against one process on the same global batches: equal up to where fp32 rounding of the
+    # averaged gradient flips a sign (then an element moves by 2*lr).
+    assert report["fraction_differing_vs_single_process"] <= 0.01
+    assert report["max_difference_vs_single_process"] <= 0.02
+
+
+def test_zero_redundancy_optimizer_wraps_lion8bit(torchrun, tmp_path):
+    torchrun(WORKERS / "quant_ddp.py", "zero", 8, tmp_path, tmp_path / "report.json")
+    report = report_of(tmp_path, "report.json")
+    assert report["zero_vs_plain"] == 0.0
+    assert report["local_state_params"] < report["total_params"]  # partitioned
+    assert report["saved_code_dtypes"] == ["torch.float32", "torch.uint8"]
+    assert report["restored_continues_identically"] and report["rank_difference"] == 0.0
+
+
+@pytest.mark.slow
+def test_accelerate_recipe_resumes_with_save_state_load_state(tmp_path):
+    """recipes/accelerate_finetune.py under `accelerate launch` with 2 CPU processes: a run stopped
+    and resumed from its save_state checkpoint ends with the uninterrupted run's weights."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    repo = Path(__file__).resolve().parent.parent
+    launch = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(repo / "recipes" / "accelerate_finetune.py"), "--steps", "30", "--save_every", "0",
+    ]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+
+    def run(*args):
+        result = subprocess.run([*launch, *args], capture_output=True, text=True, env=env, cwd=repo, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout
+
+    run("--output_dir", str(tmp_path / "full"))
+    stopped = run("--output_dir", str(tmp_path / "resumed"), "--stop_after", "15")
+    assert "stopping after step 15" in stopped
+    optimizer_file = tmp_path / "resumed" / "checkpoint-15" / "optimizer.bin"
+    saved = torch.load(optimizer_file, weights_only=True)
+    assert any(entry.get("exp_avg_codes") is not None and entry["exp_avg_codes"].dtype == torch.uint8
+               for entry in saved["state"].values())
+    resumed = run("--output_dir", str(tmp_path / "resumed"), "--resume", "latest")
+    assert "resumed from" in resumed and "at step 15" in resumed
+    metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["steps"] == 30 and metrics["optimizer"] == "lion_q8"
+    expected = torch.load(tmp_path / "full" / "final_weights.pt", weights_only=True)
+    actual = torch.load(tmp_path / "resumed" / "final_weights.pt", weights_only=True)
+    assert all(torch.equal(a, b) for a, b in zip(expected, actual))
