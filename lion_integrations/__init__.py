@@ -4,4 +4,4 @@ from .optimizer import Lion
 from .quantization import Lion4bit, Lion8bit
 
 __version__ = "0.1.0"
-__all__ = ["Lion", "__version__"]
+__all__ = ["Lion", "Lion8bit", "Lion4bit", "__version__"]
