@@ -28,11 +28,19 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -ra -m "not slow"
 
+# Quick mode (under 10 minutes on 2 cores); tables and plots go to outputs/.
 bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/step_speed.py --quick
+	$(PY) benchmarks/quant_speed.py --quick
+	$(PY) benchmarks/convergence.py --quick
+	$(PY) benchmarks/batch_size.py --quick
 
+# Full mode, for publication (an hour or more on 2 cores).
 bench-full: $(VENV)/.bench-installed
 	$(PY) benchmarks/step_speed.py
+	$(PY) benchmarks/quant_speed.py
+	$(PY) benchmarks/convergence.py
+	$(PY) benchmarks/batch_size.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache outputs
