@@ -49,6 +49,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.argv = [script, *args]
         sys.path[0] = os.path.dirname(os.path.abspath(script))
         script_globals.update(runpy.run_path(script, run_name="__main__"))
+    close_process_group()
+
+
+def close_process_group() -> None:
+    """Destroy a process group the script left open, so its threads are joined before the interpreter
+    exits (left to exit, gloo's threads can abort the process: "terminate called without an active exception")."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ def main() -> None:
         with open(report, "w") as handle:
             json.dump(results, handle, indent=2)
         print(json.dumps(results))
+    dist.destroy_process_group()  # join gloo's threads before interpreter exit
 
 
 if __name__ == "__main__":
