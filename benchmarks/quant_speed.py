@@ -105,8 +105,7 @@ def main() -> None:
     report = "\n".join([
         f"# Quantized-momentum step speed, {args.params / 1e6:.0f}M fp32 parameters ({machine_line()})",
         "",
-        f"fp32 Lion floor: {LION_BYTES_PER_PARAM} bytes/param at the in-place bandwidth measured in this run "
-        f"({floor * 1e3:.1f} ms a step).",
+        f"fp32 Lion floor: {LION_BYTES_PER_PARAM} bytes/param at the in-place bandwidth measured in this run.",
         "",
         markdown_table(header, rows),
     ])

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import inplace_bandwidth, make_params, markdown_table, median_seconds  # noqa: E402
+from common import inplace_bandwidth, machine_line, make_params, markdown_table, median_seconds  # noqa: E402
 
 from lion_integrations import Lion  # noqa: E402
 
@@ -120,8 +120,7 @@ def main() -> None:
     fused = timed.get("lion_integrations fused")
     header = ["optimizer", "step / memory floor", "step / best Lion peer", "step / best peer incl. AdamW", "note"]
     report = "\n".join([
-        f"# Optimizer step speed, {args.params / 1e6:.0f}M fp32 parameters, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        f"# Optimizer step speed, {args.params / 1e6:.0f}M fp32 parameters ({machine_line()})",
         "",
         f"Memory floor: {LION_BYTES_PER_PARAM} bytes/param at the in-place bandwidth measured in this run.",
         "",
