@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lion_integrations import Lion
 from lion_integrations.lightning import LionCallback, configure_lion
+from worker_exit import exit_now  # noqa: E402  (next to this script)
 
 torch.set_num_threads(1)
 
@@ -94,3 +95,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_now()

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lion_integrations import Lion4bit, Lion8bit
+from worker_exit import exit_now  # noqa: E402  (next to this script)
 
 torch.set_num_threads(1)
 CLASSES = {8: Lion8bit, 4: Lion4bit}
@@ -159,3 +160,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_now()

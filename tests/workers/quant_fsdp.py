@@ -37,6 +37,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from lion_integrations import Lion4bit, Lion8bit
+from worker_exit import exit_now  # noqa: E402  (next to this script)
 
 torch.set_num_threads(1)
 CLASSES = {8: Lion8bit, 4: Lion4bit}
@@ -238,3 +239,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_now()
