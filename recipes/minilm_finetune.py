@@ -93,6 +93,12 @@ OFFLINE_DEFAULTS = dict(
     dataloader_num_workers=0,
     dataloader_pin_memory=torch.cuda.is_available(),
 )
+# Batches of similar length: the sentences are short (15 tokens on average), so padding each batch to its
+# longest one otherwise doubles the work. (transformers < 5 calls it group_by_length=True.)
+if "train_sampling_strategy" in {f.name for f in dataclasses.fields(TrainingArguments)}:
+    OFFLINE_DEFAULTS["train_sampling_strategy"] = "group_by_length"
+else:  # pragma: no cover - transformers 4.x
+    OFFLINE_DEFAULTS["group_by_length"] = True
 
 
 @dataclass
@@ -129,8 +135,9 @@ class RecipeArguments:
         metadata={"help": "Lion lr = learning_rate / ratio, weight decay = weight_decay * ratio."},
     )
     threads: int = field(
-        default=0, metadata={"help": "torch CPU threads; 0 leaves torch's default (the core count). Try 1 on a "
-                                     "busy shared machine. Ignored on GPU."}
+        default=1, metadata={"help": "torch CPU threads (0: torch's default, the core count). 1 is the safe choice "
+                                     "on a shared machine: more threads than free cores make a step several times "
+                                     "slower. Ignored on GPU."}
     )
 
 

@@ -33,6 +33,16 @@ def recipe() -> dict:
     return runpy.run_path(str(RECIPE), run_name="minilm_finetune")
 
 
+@pytest.fixture(autouse=True)
+def keep_thread_count():
+    """main() sets torch's thread count (--threads, default 1); give the rest of the suite its own back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def task_digest(task) -> str:
     payload = json.dumps([task.labels, task.train_texts, task.train_labels, task.eval_texts, task.eval_labels])
     return hashlib.sha256(payload.encode()).hexdigest()
