@@ -3,16 +3,25 @@
 Inductor emits a C++/OpenMP loop on CPU and a Triton kernel on CUDA. Tensors are flattened to 1-D
 and compiled with dynamic shapes, and the step's scalars arrive as one fp32 tensor, so one graph
 serves every parameter and every learning rate without recompiling.
+
+Tensors below `MIN_FUSED_NUMEL` elements take the unfused path of their device (the per-tensor
+rule on CPU, foreach on CUDA): for them a compiled call's fixed cost (~20-40 us) is larger than the
+memory traffic it saves.
 """
 
 from __future__ import annotations
 
 import functools
+
 import torch
 
-from .rule import LionCoefficients, lion_step_tensor_
+from .rule import LionCoefficients, lion_step_foreach_, lion_step_tensor_
 
 FUSED_DEVICE_TYPES = ("cpu", "cuda")
+MIN_FUSED_NUMEL = 1 << 16
+# A parallel loop whatever size the first call had (Inductor otherwise sizes its OpenMP split by
+# the first call's shapes, and the warm-up probe is tiny).
+INDUCTOR_OPTIONS = {"cpp.dynamic_threads": True}
 
 
 def _step_with_scalars_(param, grad, exp_avg, scalars) -> None:
@@ -22,7 +31,7 @@ def _step_with_scalars_(param, grad, exp_avg, scalars) -> None:
 @functools.lru_cache(maxsize=None)
 def compiled_step():
     """The compiled kernel, built once per process (Inductor caches the code on disk across runs)."""
-    return torch.compile(_step_with_scalars_, fullgraph=True, dynamic=True)
+    return torch.compile(_step_with_scalars_, fullgraph=True, dynamic=True, options=INDUCTOR_OPTIONS)
 
 
 def flat_alias(tensor: torch.Tensor) -> torch.Tensor:
@@ -31,23 +40,28 @@ def flat_alias(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def fusable(param: torch.Tensor, exp_avg: torch.Tensor) -> bool:
-    """Contiguous tensors of 2+ elements share one graph; the rest run the same rule eagerly.
-
-    (Dynamo specializes sizes 0 and 1, and a strided layout would add a graph per rank.)
-    """
-    return param.is_contiguous() and exp_avg.is_contiguous() and param.numel() > 1
+    """Contiguous tensors of at least MIN_FUSED_NUMEL elements share one graph; the rest run the same
+    rule unfused. (A strided layout would add a graph per rank.)"""
+    return param.is_contiguous() and exp_avg.is_contiguous() and param.numel() >= max(MIN_FUSED_NUMEL, 2)
 
 
 def fused_step_(params, grads, exp_avgs, coefficients: LionCoefficients) -> None:
-    """Run the compiled kernel on each parameter; raises whatever compiling raises."""
+    """Run the compiled kernel on each large parameter; raises whatever compiling raises."""
     kernel, scalars = compiled_step(), None
+    rest = ([], [], [])
     for param, grad, exp_avg in zip(params, grads, exp_avgs):
         if not fusable(param, exp_avg):
-            lion_step_tensor_(param, grad, exp_avg, *vars(coefficients).values())
+            for bucket, tensor in zip(rest, (param, grad, exp_avg)):
+                bucket.append(tensor)
             continue
         if scalars is None:
             scalars = coefficients.as_tensor(param.device)
         kernel(flat_alias(param), flat_alias(grad.contiguous()), flat_alias(exp_avg), scalars)
+    if rest[0] and rest[0][0].device.type == "cuda":
+        lion_step_foreach_(*rest, *vars(coefficients).values())
+    else:
+        for param, grad, exp_avg in zip(*rest):
+            lion_step_tensor_(param, grad, exp_avg, *vars(coefficients).values())
 
 
 @functools.lru_cache(maxsize=None)
@@ -56,8 +70,9 @@ def fused_unavailable_reason(device_type: str) -> str | None:
     if device_type not in FUSED_DEVICE_TYPES:
         return f"torch.compile fusion is not supported on device type {device_type!r}"
     try:
+        kernel = compiled_step()
         probe = [torch.zeros(8, device=device_type) for _ in range(3)]
-        fused_step_(probe[:1], probe[1:2], probe[2:], LionCoefficients(0.0, 0.0, 0.0, 1.0))
+        kernel(*probe, LionCoefficients(0.0, 0.0, 0.0, 1.0).as_tensor(probe[0].device))
     except Exception as error:  # no C++ compiler, no Triton, unsupported platform...
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         return f"compiling failed with {type(error).__name__}: {first_line}"

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -42,7 +43,7 @@ ADAMW_FAMILY = frozenset({
 })
 # Param-group keys and scheduler attributes that hold absolute learning rates (rescaled with lr).
 _GROUP_LR_KEYS = ("initial_lr", "max_lr", "min_lr")
-_SCHEDULER_LR_LISTS = ("base_lrs", "_last_lr", "max_lrs", "min_lrs")
+_SCHEDULER_LR_LISTS = ("base_lrs", "_last_lr", "max_lrs", "min_lrs", "base_values")  # base_values: timm
 _SCHEDULER_LR_SCALARS = ("eta_min", "default_min_lr")
 
 
@@ -62,6 +63,12 @@ def resolve_optimizer_class(optimizer_class: type[Optimizer] | str) -> type[Opti
     if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)):
         raise ValueError(f"Invalid optimizer_class: {optimizer_class!r} (expected a torch.optim.Optimizer subclass)")
     return optimizer_class
+
+
+def _with_betas(optimizer_class: type[Optimizer], betas: tuple[float, float]) -> dict[str, Any]:
+    """``{"betas": betas}`` for classes that take betas (Lion and its variants); ``{}`` for those that
+    do not (a discovered program defines its own interpolation constants)."""
+    return {"betas": betas} if "betas" in inspect.signature(optimizer_class.__init__).parameters else {}
 
 
 def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
@@ -129,7 +136,10 @@ def configure_lion(
     elif scheduler is not None and not callable(scheduler):
         raise ValueError(f"Invalid scheduler: {scheduler!r} (expected None, one of {SHAPES}, or a callable)")
 
-    optimizer = optimizer_class(param_groups(module, weight_decay), lr=lr, betas=betas, weight_decay=weight_decay, **optimizer_kwargs)
+    optimizer = optimizer_class(
+        param_groups(module, weight_decay), lr=lr, weight_decay=weight_decay,
+        **_with_betas(optimizer_class, betas), **optimizer_kwargs,
+    )
     if scheduler is None:
         return {"optimizer": optimizer}
     if isinstance(scheduler, str):
@@ -172,18 +182,28 @@ def _rebind_scheduler(scheduler: Any, optimizer: Optimizer, factor: float) -> No
         _rebind_scheduler(inner, optimizer, factor)
     if factor == 1.0:
         return
+    scaled = []
     for name in _SCHEDULER_LR_LISTS:
         values = getattr(scheduler, name, None)
         if isinstance(values, list):
             setattr(scheduler, name, [value * factor for value in values])
+            scaled.append(name)
     for name in _SCHEDULER_LR_SCALARS:
         if isinstance(getattr(scheduler, name, None), (int, float)):
             setattr(scheduler, name, getattr(scheduler, name) * factor)
+            scaled.append(name)
     if isinstance(scheduler, ReduceLROnPlateau):
         scheduler.eps *= factor  # smallest lr change it applies, in lr units
     if type(scheduler).__module__ != "torch.optim.lr_scheduler":
+        if not scaled:
+            raise ValueError(
+                f"LionCallback cannot translate {type(scheduler).__name__}: it keeps none of the learning-rate "
+                f"attributes it knows ({', '.join(_SCHEDULER_LR_LISTS + _SCHEDULER_LR_SCALARS)}), so it would "
+                f"drive Lion at the original optimizer's learning rates; use a torch.optim.lr_scheduler, or build "
+                f"Lion and its scheduler in configure_optimizers (configure_lion)"
+            )
         rank_zero_warn(
-            f"LionCallback: scaled the base_lrs of {type(scheduler).__name__} by {factor:g} for Lion; "
+            f"LionCallback: scaled {', '.join(scaled)} of {type(scheduler).__name__} by {factor:g} for Lion; "
             "other absolute learning rates it keeps (if any) are not translated"
         )
 
@@ -238,6 +258,8 @@ class LionCallback(Callback):
         betas: Lion's (beta1, beta2) for every group (AdamW's betas do not carry over).
         ratio: the AdamW-to-Lion factor, 3-10 in the paper.
         optimizer_class: Lion or a variant (class, dotted path or name exported by lion_integrations).
+            None (default): Lion, and optimizers that already are Lion or a variant (e.g. Lion8bit) are
+            kept; given, every other optimizer becomes this class.
         optimizer_kwargs: extra keyword arguments for `optimizer_class` (e.g. ``{"fused": False}``).
     """
 
@@ -247,7 +269,7 @@ class LionCallback(Callback):
         weight_decay: float | None = None,
         betas: tuple[float, float] = (0.9, 0.99),
         ratio: float = DEFAULT_RATIO,
-        optimizer_class: str | type[Optimizer] = "lion_integrations.Lion",
+        optimizer_class: str | type[Optimizer] | None = None,
         optimizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
         validate_hyperparameters(0.0 if lr is None else lr, betas, 0.0 if weight_decay is None else weight_decay)
@@ -261,7 +283,9 @@ class LionCallback(Callback):
         self.weight_decay = None if weight_decay is None else float(weight_decay)
         self.betas = tuple(float(beta) for beta in betas)
         self.ratio = float(ratio)
-        self.optimizer_class = resolve_optimizer_class(optimizer_class)
+        # Without an explicit class, optimizers that are Lion already (Lion8bit, ...) are kept as they are.
+        self.keep_lion = optimizer_class is None
+        self.optimizer_class = resolve_optimizer_class(Lion if optimizer_class is None else optimizer_class)
         self.optimizer_kwargs = dict(optimizer_kwargs or {})
         self.replaced: list[tuple[Optimizer, Optimizer]] = []  # (original, Lion) of the last conversion
         self._wrapped: tuple[torch.nn.Module, bool, Any] | None = None
@@ -365,7 +389,7 @@ class LionCallback(Callback):
 
     def _replace(self, old: Optimizer) -> tuple[Optimizer, float]:
         """(`optimizer_class` over `old`'s param groups, the factor applied to its learning rates)."""
-        if type(old) is self.optimizer_class:
+        if type(old) is self.optimizer_class or (self.keep_lion and isinstance(old, Lion)):
             return old, 1.0
         name = type(old).__name__
         family = _family(old)
@@ -415,7 +439,7 @@ class LionCallback(Callback):
                 params=group["params"],
                 lr=float(group["lr"]) * factor,
                 weight_decay=decay(float(group.get("weight_decay", 0.0))),
-                betas=self.betas,
+                **_with_betas(self.optimizer_class, self.betas),
             )
             if "maximize" in group:
                 new_group["maximize"] = group["maximize"]
@@ -423,8 +447,8 @@ class LionCallback(Callback):
         new = self.optimizer_class(
             new_groups,
             lr=float(old.defaults.get("lr", new_groups[0]["lr"] / factor)) * factor,
-            betas=self.betas,
             weight_decay=decay(float(old.defaults.get("weight_decay", 0.0))),
+            **_with_betas(self.optimizer_class, self.betas),
             **self.optimizer_kwargs,
         )
         return new, factor

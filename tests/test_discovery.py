@@ -369,6 +369,17 @@ def test_lion_form_detection():
     assert not is_lion_form(parse("update = sign(m) * lr; m = interp(g, m, 0.99)"))
     assert not is_lion_form(parse("update = interp(g, m, 0.9) * lr; m = interp(g, m, 0.99)"))
     assert not is_lion_form(parse("update = sign(interp(g, m, lr)) * lr; m = interp(g, m, 0.99)"))
+    # Sign-of-interpolation buried in something else is not Lion...
+    assert not is_lion_form(parse(BUILTIN["adamw"] + "; s = sign(interp(g, m, 0.9)) * 1e-08; update = update + s"))
+    assert not is_lion_form(parse("update = abs(sign(interp(g, m, 0.9))) * g * lr; m = interp(g, m, 0.99)"))
+    assert not is_lion_form(parse("update = g * lr + sign(interp(g, m, 0.9)) * 0.0; m = interp(g, m, 0.99)"))
+    assert not is_lion_form(parse("update = sign(interp(g, m, 0.9)) * lr * -1.0; m = interp(g, m, 0.99)"))  # ascent
+    assert not is_lion_form(parse("update = sign(interp(g, m, 0.9)) * lr - w * 0.1; m = interp(g, m, 0.99)"))
+    # ...while copies, reorderings and equivalent arithmetic of Lion are.
+    assert is_lion_form(parse("t = interp(g, m, 0.99); update = sign(interp(g, m, 0.9)) * lr; m = t + 0.0"))
+    assert is_lion_form(parse("u = m * 0.9 + g * 0.1; update = lr * sign(u) / 2.0; m = m * 0.99 + g * 0.01"))
+    assert is_lion_form(parse("update = sign(g * -0.1 - m * 0.9) * (0.0 - lr); m = interp(g, m, 0.99)"))
+    assert is_lion_form(parse("update = (sign(interp(g, m, 0.9)) + w * 0.3) * lr; m = interp(g, m, 0.99)"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -495,7 +506,7 @@ def test_selection_pressure_restarts_and_funnel_with_a_synthetic_fitness():
     assert result.accepted and all(a.funnel_loss <= 3 for a in result.accepted)
     assert result.stats.restarts >= 1 and result.stats.funnel_evaluations >= len(result.accepted)
     assert isinstance(result.stats, SearchStats) and "children" in result.stats.summary()
-    with pytest.raises(ValueError, match="invalid start program"):
+    with pytest.raises(ValueError, match="Invalid start program"):
         search.run(parse("update = w * lr"), max_children=1)
 
 
@@ -569,6 +580,47 @@ def test_optimizer_bad_input(kwargs, message):
         DiscoveredOptimizer(_params(), **{"program": "lion", **kwargs})
 
 
+@pytest.mark.parametrize("way", ["configure_lion", "callback"])
+def test_lightning_helpers_take_a_discovered_program(tmp_path, way):
+    """configure_lion(optimizer_class=...) and LionCallback(optimizer_class=...) build DiscoveredOptimizer
+    (which has no betas: its program holds its constants)."""
+    pl = pytest.importorskip("lightning.pytorch")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lion_integrations.lightning import LionCallback, configure_lion
+
+    class Net(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.layer(x), y)
+
+        def configure_optimizers(self):
+            if way == "configure_lion":
+                return configure_lion(self, lr=0.01, weight_decay=0.1, optimizer_class=DiscoveredOptimizer, program="lion")
+            return torch.optim.AdamW(self.parameters(), lr=0.03, weight_decay=0.01)
+
+        def train_dataloader(self):
+            x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+            return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8)
+
+    callbacks = [] if way == "configure_lion" else [
+        LionCallback(optimizer_class="lion_integrations.discovery.DiscoveredOptimizer", optimizer_kwargs={"program": "lion"})]
+    model = Net()
+    before = model.layer.weight.detach().clone()
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, callbacks=callbacks)
+    trainer.fit(model)
+    (optimizer,) = trainer.optimizers
+    assert type(optimizer) is DiscoveredOptimizer and program_hash(parse(optimizer.param_groups[0]["program"])) == program_hash(LION)
+    assert [g["lr"] for g in optimizer.param_groups][0] == pytest.approx(0.01)  # AdamW's 0.03 / 3 for the callback
+    assert not torch.equal(model.layer.weight.detach(), before)
+
+
 def test_lightning_cli_takes_a_discovered_program(tmp_path):
     pytest.importorskip("jsonargparse")
     pl = pytest.importorskip("lightning.pytorch")
@@ -638,10 +690,64 @@ def test_hf_trainer_steps_a_discovered_optimizer(tmp_path):
 # recipe
 
 
-def test_recipe_runs_end_to_end_on_tiny_tasks(tmp_path, monkeypatch, capsys):
+def _recipe():
     spec = importlib.util.spec_from_file_location("discover_recipe", REPO / "recipes" / "discover.py")
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
+    return recipe
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_funnel_is_at_least_ten_times_the_proxy(quick):
+    """Each funnel task costs >= 10x its proxy task (parameters x training steps), in both modes."""
+    stages = _recipe().stage_specs(quick)
+    proxy = {spec.data: spec for spec in stages["proxy"]}
+    for spec in stages["funnel"]:
+        cost = Task(spec).size * spec.steps
+        assert cost >= 10 * Task(proxy[spec.data]).size * proxy[spec.data].steps, spec
+
+
+def test_search_config_and_run_reject_bad_input():
+    for kwargs, message in [({"population": 0}, "Invalid population: 0"), ({"tournament": 0}, "Invalid tournament: 0"),
+                            ({"population": 4, "tournament": 8}, "Invalid tournament: 8"),
+                            ({"funnel_share": 2.0}, "Invalid funnel_share: 2.0")]:
+        with pytest.raises(ValueError, match=message):
+            SearchConfig(**kwargs)
+    search = Search(lambda p: 1.0, 1.0, SearchConfig(max_statements=4))
+    with pytest.raises(ValueError, match="Invalid max_statements: 4 is below the start program's 9 statements"):
+        search.run(ADAMW, max_children=1)
+    with pytest.raises(ValueError, match="Invalid budget"):
+        search.run(parse(BUILTIN["lion"]))
+    with pytest.raises(ValueError, match="Invalid max_children: -1"):
+        search.run(parse(BUILTIN["lion"]), max_children=-1)
+
+
+def test_funnel_sees_the_best_of_each_round_once():
+    """After a restart from an accepted program, the round's bests reach the funnel even when they do
+    not beat the global best; no program is funneled twice."""
+    losses = iter([1.0, 0.85, 0.7, 0.9, 0.9, 0.9, 0.8] + [0.95] * 100)
+    proxy = {}
+
+    def evaluate(program):
+        proxy[program_hash(program)] = loss = next(losses)
+        return loss
+
+    funneled = []
+
+    def funnel(program):
+        loss = proxy[program_hash(program)]
+        funneled.append(loss)
+        return loss, loss != 0.7  # the global proxy best fails the funnel
+
+    config = SearchConfig(population=4, tournament=2, restart_after=3, funnel_margin=0.0, funnel_step=0.0, funnel_share=1.0)
+    result = Search(evaluate, 1.0, config, seed=0, funnel=funnel).run(ADAMW, max_children=30)
+    assert result.stats.restarts >= 1 and result.best.loss == 0.7
+    assert funneled[:3] == [0.85, 0.7, 0.8]
+    assert [a.proxy_loss for a in result.accepted][:2] == [0.85, 0.8]
+
+
+def test_recipe_runs_end_to_end_on_tiny_tasks(tmp_path, monkeypatch, capsys):
+    recipe = _recipe()
     monkeypatch.setattr(recipe, "PROXY", replace(TINY, steps=20))
     monkeypatch.setattr(recipe, "FUNNEL", replace(TINY, name="funnel", steps=30, seeds=(5,)))
     monkeypatch.setattr(recipe, "HELDOUT", replace(TINY, name="heldout", steps=30, seeds=(9,)))
@@ -653,8 +759,10 @@ def test_recipe_runs_end_to_end_on_tiny_tasks(tmp_path, monkeypatch, capsys):
     assert 1 <= len(report["programs"]) <= 2
     assert 0 <= report["search"]["redundancy"] <= 1 and report["search"]["children"] > 0
     assert set(report["references"]) == {"warm start", "lion"}
+    assert report["found"] == sum(p["accepted"] and p["heldout"]["beats_adamw"] for p in report["programs"])
     for entry in report["programs"]:
-        assert set(entry) >= {"proxy", "funnel", "heldout", "text", "short", "lion_form"}
+        assert set(entry) >= {"proxy", "funnel", "heldout", "text", "short", "lion_form", "accepted"}
+        assert entry["lion_form"] == is_lion_form(parse(entry["text"]))
         for stage in ("proxy", "funnel", "heldout"):
             assert entry[stage]["beats_adamw"] == (entry[stage]["score"] < 1.0)
             (task, result), = entry[stage]["tasks"].items()

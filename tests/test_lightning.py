@@ -351,18 +351,79 @@ def test_callback_explicit_lr_and_weight_decay():
     sgd = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9)
     lion = LionCallback(lr=1e-4, weight_decay=0.1).convert([sgd])[0]
     assert (lion.param_groups[0]["lr"], lion.param_groups[0]["weight_decay"]) == (pytest.approx(1e-4), 0.1)
-    # another Lion-family class: same units, so lr and weight decay carry over unscaled
+    # another Lion-family class: kept by default; converted when a class is asked for, and then in the
+    # same units, so lr and weight decay carry over unscaled
     class OtherLion(Lion):
         pass
 
     _, adamw = _two_group_adamw()
     source = OtherLion(adamw.param_groups, lr=1e-4, weight_decay=0.2, fused=False)
-    lion = LionCallback(optimizer_kwargs={"fused": False}).convert(source)
+    assert LionCallback().convert(source) is source
+    lion = LionCallback(optimizer_class="Lion", optimizer_kwargs={"fused": False}).convert(source)
     assert type(lion) is Lion and [g["lr"] for g in lion.param_groups] == [2e-3, 1e-3]
     assert [g["weight_decay"] for g in lion.param_groups] == [0.1, 0.0]
     # already Lion: left as it is
     same = Lion(nn.Linear(2, 2).parameters(), fused=False)
     assert LionCallback().convert(same) is same
+
+
+def test_callback_keeps_a_quantized_lion_the_module_returns(tmp_path):
+    """A module that already returns Lion8bit keeps its quantized momentum under the default callback."""
+    from lion_integrations import Lion8bit
+
+    model = Net("lion", optimizer_class="Lion8bit", min_quantized_size=16)
+    run = trainer(tmp_path, [LionCallback()])
+    run.fit(model)
+    (optimizer,) = run.optimizers
+    assert type(optimizer) is Lion8bit
+    assert any("exp_avg_codes" in optimizer.state[p] for p in model.parameters())
+
+
+class TimmStyleScheduler:
+    """A scheduler outside torch that keeps its peak lrs in `base_values` (as timm's do)."""
+
+    def __init__(self, optimizer, decay=0.5):
+        self.optimizer, self.decay, self.count = optimizer, decay, 0
+        self.base_values = [group["lr"] for group in optimizer.param_groups]
+
+    def step(self):
+        self.count += 1
+        for group, base in zip(self.optimizer.param_groups, self.base_values):
+            group["lr"] = base * self.decay**self.count
+
+
+def test_callback_scales_or_refuses_schedulers_from_other_libraries():
+    _, adamw = _two_group_adamw()
+    scheduler = TimmStyleScheduler(adamw)
+    with pytest.warns(UserWarning, match="scaled base_values of TimmStyleScheduler by 0.25"):
+        converted = LionCallback(ratio=4.0, optimizer_kwargs={"fused": False}).convert([[adamw], [scheduler]])
+    lion = converted[0][0]
+    scheduler.step()
+    assert scheduler.optimizer is lion
+    assert [group["lr"] for group in lion.param_groups] == pytest.approx([2e-3 / 4 * 0.5, 1e-3 / 4 * 0.5])
+
+    class Opaque:  # bound to an optimizer, but its learning rates are nowhere we can see
+        def __init__(self, optimizer):
+            self.optimizer = optimizer
+
+        def step(self):
+            pass
+
+    _, adamw = _two_group_adamw()
+    with pytest.raises(ValueError, match="cannot translate Opaque"):
+        LionCallback(optimizer_kwargs={"fused": False}).convert([[adamw], [Opaque(adamw)]])
+
+
+def test_callback_under_bf16_mixed_precision(tmp_path):
+    """The precision plugin wraps the Lion optimizer the callback built: bf16 autocast, fp32 weights."""
+    model = Net("adamw")
+    before = weights(model)
+    run = trainer(tmp_path, [LionCallback(optimizer_kwargs={"fused": False})], precision="bf16-mixed")
+    run.fit(model)
+    (optimizer,) = run.optimizers
+    assert type(optimizer) is Lion and type(run.precision_plugin).__name__ == "MixedPrecision"
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert not any(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_callback_bad_input_and_unmappable_optimizers():
@@ -668,14 +729,15 @@ def test_recipe_runs_both_optimizers_and_plots(tmp_path):
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
     finals = recipe.main(
-        epochs=2, batch_size=128, warmup_steps=2, adamw_lr=3e-3, adamw_weight_decay=0.1, ratio=5.0,
+        epochs=8, batch_size=128, warmup_steps=2, adamw_lr=1e-2, adamw_weight_decay=0.1, ratio=3.0,
         model={"dim": 16, "depth": 1, "heads": 2}, lion_kwargs={"fused": False}, output_dir=str(tmp_path),
     )
     assert (tmp_path / "lightning_loss.png").stat().st_size > 10_000
     for name in ("adamw", "lion"):
         assert (tmp_path / "lightning_logs" / name / "metrics.csv").exists()
-        assert 0.0 <= finals[name]["val_acc"] <= 1.0 and math.isfinite(finals[name]["val_loss"])
-    assert finals["adamw"]["peak_lr"] == pytest.approx(3e-3) and finals["adamw"]["weight_decay"] == pytest.approx(0.1)
-    assert finals["lion"]["peak_lr"] == pytest.approx(3e-3 / 5) and finals["lion"]["weight_decay"] == pytest.approx(0.5)
+        # 10 classes: chance is 0.1; eight short epochs learn well above it (measured: 0.35 and 0.38)
+        assert 0.2 <= finals[name]["val_acc"] <= 1.0 and math.isfinite(finals[name]["val_loss"])
+    assert finals["adamw"]["peak_lr"] == pytest.approx(1e-2) and finals["adamw"]["weight_decay"] == pytest.approx(0.1)
+    assert finals["lion"]["peak_lr"] == pytest.approx(1e-2 / 3) and finals["lion"]["weight_decay"] == pytest.approx(0.3)
     with pytest.raises(ValueError, match="Invalid optimizers: 'sgd'"):
         recipe.main(optimizers=["sgd"], output_dir=str(tmp_path))

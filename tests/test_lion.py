@@ -10,8 +10,15 @@ import pytest
 import torch
 from torch import nn
 
+import lion_integrations.fused as fused_module
 import lion_integrations.optimizer as optimizer_module
 from lion_integrations import Lion
+
+@pytest.fixture(autouse=True)
+def fuse_small_tensors(monkeypatch):
+    """The problems here are small: let every tensor of 2+ elements take the compiled kernel."""
+    monkeypatch.setattr(fused_module, "MIN_FUSED_NUMEL", 2)
+
 
 PATHS = {
     "for-loop": dict(fused=False, foreach=False),
@@ -213,6 +220,31 @@ def test_fused_compiles_one_graph_for_all_shapes_and_never_recompiles():
         optimizer.step()
         scheduler.step()
     assert counters["stats"]["unique_graphs"] - graphs_before <= 1  # 0 if an earlier test compiled it
+
+
+def test_fused_path_sends_small_tensors_to_the_unfused_rule(monkeypatch):
+    """Below MIN_FUSED_NUMEL a compiled call costs more than it saves: those tensors run the per-tensor
+    rule (CPU), the large ones the kernel; both give the reference result."""
+    monkeypatch.setattr(fused_module, "MIN_FUSED_NUMEL", 1000)
+    kernel_sizes = []
+    real_kernel = fused_module.compiled_step()
+
+    def spy(param, grad, exp_avg, scalars):
+        kernel_sizes.append(param.numel())
+        return real_kernel(param, grad, exp_avg, scalars)
+
+    monkeypatch.setattr(fused_module, "compiled_step", lambda: spy)
+    small, large = nn.Parameter(torch.randn(10, 10)), nn.Parameter(torch.randn(40, 40))
+    reference = [nn.Parameter(p.detach().clone()) for p in (small, large)]
+    fused, eager = Lion([small, large], lr=0.1, fused=True), Lion(reference, lr=0.1, fused=False, foreach=False)
+    for p, q in zip((small, large), reference):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    fused.step()
+    eager.step()
+    assert kernel_sizes == [1600]
+    for p, q in zip((small, large), reference):
+        torch.testing.assert_close(p, q)
 
 
 def test_step_inside_a_user_compiled_training_step_matches_eager():

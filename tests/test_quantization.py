@@ -56,8 +56,22 @@ def test_maps_are_symmetric_sorted_with_exact_unit_and_zero(bits):
     assert torch.all(qmap[1:] >= qmap[:-1])
     assert torch.equal(qmap, -qmap.flip(0))
     assert qmap[0] == -1 and qmap[-1] == 1 and (qmap == 0).sum() == 2
-    # A zero byte (a fresh state) decodes to zero.
-    assert codec.tables(bits, "cpu").decode[0] == 0
+    # A zero byte (a fresh state) decodes to zero; code i XOR 2**(bits-1) decodes to map entry i.
+    indices = torch.arange(2**bits, dtype=torch.int32)
+    assert codec.decode_codes(torch.zeros(1, dtype=torch.uint8), bits).item() == 0
+    assert torch.equal(codec.decode_codes(indices ^ 2 ** (bits - 1), bits), qmap)
+
+
+def test_8bit_map_is_the_dynamic_decimal_map():
+    """Decade t of the magnitudes holds 10**(t-6) * (0.1 + 0.9 * k / 2**t), k = 1..2**t."""
+    expected = sorted(10.0 ** (t - 6) * (0.1 + 0.9 * k / 2**t) for t in range(7) for k in range(1, 2**t + 1))
+    magnitudes = codec.signed_dynamic_map(8)[129:].double()
+    torch.testing.assert_close(magnitudes, torch.tensor(expected, dtype=torch.float64), rtol=2e-7, atol=0)
+
+
+def test_4bit_map_is_geometric():
+    magnitudes = codec.signed_dynamic_map(4)[9:].double()
+    torch.testing.assert_close(magnitudes, 32.0 ** (-torch.arange(6, -1, -1, dtype=torch.float64) / 6), rtol=1e-7, atol=0)
 
 
 def rows_strategy(bits):
@@ -144,14 +158,36 @@ def test_negation_mirrors_codes(bits):
     )
 
 
+# Encoding finds the nearest entry up to float32 rounding of a value's position between two entries
+# (4 bits: float32 midpoints; 8 bits: the position inside a decade): at most 2**-22 of the absmax.
+NEAREST_SLACK = 2.0**-22
+
+
 @given(st.lists(st.floats(-1, 1, width=32), min_size=1, max_size=200))
 @HYPOTHESIS
-def test_nearest_byte_matches_brute_force_on_arbitrary_values(values):
+def test_nearest_code_matches_brute_force_on_arbitrary_values(values):
     x = torch.tensor(values, dtype=torch.float32)
     for bits in (8, 4):
-        tables = codec.tables(bits, "cpu")
-        decoded = tables.decode[codec.nearest_byte(x, tables.below, tables.cell_midpoint, bits)]
-        assert torch.all((decoded - x).abs().double() <= nearest_reference(x, bits) + 1e-7)
+        decoded = codec.decode_codes(codec.nearest_code(x, bits), bits)
+        assert torch.all((decoded - x).abs().double() <= nearest_reference(x, bits) + NEAREST_SLACK)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_nearest_code_at_and_around_every_midpoint(bits):
+    """The hardest inputs: each midpoint between neighbouring entries and the 4 floats on either side."""
+    qmap = codec.signed_dynamic_map(bits)
+    midpoints = (qmap[1:] + qmap[:-1]) / 2
+    inputs, up, down = [midpoints], midpoints.clone(), midpoints.clone()
+    for _ in range(4):
+        up, down = torch.nextafter(up, torch.tensor(2.0)), torch.nextafter(down, torch.tensor(-2.0))
+        inputs += [up, down]
+    x = torch.cat(inputs).clamp(-1, 1)
+    decoded = codec.decode_codes(codec.nearest_code(x, bits), bits)
+    assert torch.all((decoded - x).abs().double() <= nearest_reference(x, bits) + NEAREST_SLACK)
+    # A value well inside a gap (a quarter gap from an entry) always finds that entry.
+    gaps = qmap[1:] - qmap[:-1]
+    for near, offset in ((qmap[:-1], gaps / 4), (qmap[1:], -gaps / 4)):
+        assert torch.equal(codec.decode_codes(codec.nearest_code(near + offset, bits), bits), near)
 
 
 def test_dequantize_rejects_mismatched_shapes():

@@ -13,7 +13,8 @@ from .execute import compile_program
 from .mutate import mutate
 from .optimizer import BUILTIN, DiscoveredOptimizer, resolve_program
 from .program import Program, Statement, parse
-from .simplify import is_lion_form, shortest_text, simplify
+from .form import is_lion_form
+from .simplify import shortest_text, simplify
 
 __all__ = [
     "Analysis", "BUILTIN", "DiscoveredOptimizer", "Program", "Search", "SearchConfig", "SearchResult", "Statement",

@@ -6,9 +6,10 @@ fitness cache (evaluate only on a miss), add it, and remove the oldest member. T
 as copies of the warm-start program (AdamW); after `restart_after` children without a new best it
 restarts as copies of the best program (the best accepted by the funnel, if any).
 
-Funnel: a child that beats the AdamW proxy loss by `funnel_margin`, and improves by `funnel_step` on
-the best child sent so far, is evaluated on the larger task; it is accepted only if it beats AdamW
-there too.
+Funnel: a child that is the best of its round (since the start or the last restart), beats the
+AdamW proxy loss by `funnel_margin` and improves by `funnel_step` on the round's last entrant is
+evaluated on the larger task (once per canonical hash); it is accepted only if it beats AdamW there
+too.
 
 Statistics: redundancy = statements of valid children that abstract execution removes, over all
 their statements; cache-hit rate = valid children whose hash was already cached, over valid children.
@@ -36,6 +37,18 @@ class SearchConfig:
     funnel_margin: float = 0.01  # relative: proxy loss < (1 - margin) * AdamW's to enter the funnel
     funnel_step: float = 0.005  # relative improvement over the last funnel entrant
     funnel_share: float = 0.4  # at most this share of the elapsed time goes to the funnel
+
+    def __post_init__(self) -> None:
+        for name in ("population", "tournament", "max_statements", "restart_after"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Invalid {name}: {value!r} (expected an int >= 1)")
+        if self.tournament > self.population:
+            raise ValueError(f"Invalid tournament: {self.tournament!r} (at most population={self.population})")
+        for name in ("funnel_margin", "funnel_step", "funnel_share"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"Invalid {name}: {value!r} (expected a number in [0, 1])")
 
 
 @dataclass
@@ -124,6 +137,7 @@ class Search:
         self.programs: dict[str, Program] = {}
         self.stats = SearchStats()
         self.accepted: list[Accepted] = []
+        self.funneled: dict[str, tuple[float, bool]] = {}  # hash -> funnel result
 
     def fitness(self, program: Program, key: str) -> float:
         """Cached loss of `program` (whose canonical hash is `key`)."""
@@ -162,10 +176,12 @@ class Search:
             return last_entrant
         if not member.loss < (1 - config.funnel_step) * last_entrant:
             return last_entrant
+        if member.key in self.funneled:
+            return member.loss
         if self.stats.funnel_seconds > config.funnel_share * (time.perf_counter() - started):
             return last_entrant
         begin = time.perf_counter()
-        funnel_loss, passed = self.funnel(member.program)
+        funnel_loss, passed = self.funneled[member.key] = self.funnel(member.program)
         self.stats.funnel_seconds += time.perf_counter() - begin
         self.stats.funnel_evaluations += 1
         self.log(f"  funnel: proxy {member.loss:.4f} -> funnel {funnel_loss:.4f} ({'accepted' if passed else 'rejected'})")
@@ -176,14 +192,22 @@ class Search:
     def run(self, start: Program, budget_seconds: float | None = None, max_children: int | None = None) -> SearchResult:
         """Evolve from `start` until `budget_seconds` pass or `max_children` children were made."""
         if budget_seconds is None and max_children is None:
-            raise ValueError("give budget_seconds or max_children")
+            raise ValueError("Invalid budget: budget_seconds=None and max_children=None (give at least one)")
+        for name, value in (("budget_seconds", budget_seconds), ("max_children", max_children)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise ValueError(f"Invalid {name}: {value!r} (expected a number >= 0)")
         analysis = analyze(start)
         if not analysis.valid:
-            raise ValueError(f"invalid start program: {analysis.reason}")
+            raise ValueError(f"Invalid start program: {analysis.reason}")
+        if len(start) > self.config.max_statements:
+            raise ValueError(
+                f"Invalid max_statements: {self.config.max_statements} is below the start program's "
+                f"{len(start)} statements"
+            )
         started = time.perf_counter()
         best = Member(start, self.fitness(start, analysis.hash), analysis.hash)
         population = self._seed_population(best.program, best.loss, best.key)
-        since_best, last_entrant = 0, float("inf")
+        round_best, since_best, last_entrant = best.loss, 0, float("inf")
         while True:
             if max_children is not None and self.stats.children >= max_children:
                 break
@@ -199,13 +223,15 @@ class Search:
                 best, since_best = member, 0
                 self.log(f"[{time.perf_counter() - started:6.0f}s] child {self.stats.children}: proxy "
                          f"{best.loss:.4f} (AdamW {self.baseline:.4f}), {len(best.program)} statements")
+            if member.loss < round_best:
+                round_best = member.loss
                 last_entrant = self._maybe_funnel(member, last_entrant, started)
             if since_best >= self.config.restart_after:
                 source = min(self.accepted, key=lambda a: a.funnel_loss) if self.accepted else None
                 program = source.program if source else best.program
                 key = analyze(program).hash
                 population = self._seed_population(program, self.cache[key], key)
-                since_best = 0
+                round_best, since_best, last_entrant = self.cache[key], 0, float("inf")
                 self.stats.restarts += 1
                 self.log(f"  restart {self.stats.restarts} from the best {'accepted' if source else 'proxy'} program")
         return SearchResult(best, list(self.accepted), self.stats, self.cache, self.programs)

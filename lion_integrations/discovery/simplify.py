@@ -23,7 +23,7 @@ from typing import Callable
 from .abstract import analyze, prune
 from .mutate import round_constant
 from .ops import OPS, fold
-from .program import INPUTS, OUTPUTS, STATES, Program, Statement, format_arg
+from .program import INPUTS, OUTPUTS, Program, Statement, format_arg
 
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 
@@ -250,47 +250,3 @@ def _free_names(node) -> set[str]:
     if not isinstance(node, tuple):
         return set()
     return set().union(*(_free_names(a) for a in node[1]))
-
-
-# ------------------------------------------------------------------------------------------------
-# Lion's form
-
-
-def _expressions(program: Program) -> dict[str, object]:
-    """Output expressions as nested (op, args) tuples over the inputs (shared subtrees are shared)."""
-    env: dict[str, object] = {name: name for name in INPUTS}
-    for statement in program.statements:
-        env[statement.target] = (statement.op, tuple(env[a] if isinstance(a, str) else a for a in statement.args))
-    return {"update": env[program.outputs[0]], "m": env[program.outputs[1]], "v": env[program.outputs[2]]}
-
-
-def _walk(node, seen=None):
-    seen = set() if seen is None else seen
-    if not isinstance(node, tuple) or id(node) in seen:
-        return
-    seen.add(id(node))
-    yield node
-    for arg in node[1]:
-        yield from _walk(arg, seen)
-
-
-def _is_momentum(node, state: str) -> bool:
-    """node == interp(g, state, c) or interp(state, g, c) with 0 < c < 1."""
-    if not (isinstance(node, tuple) and node[0] == "interp"):
-        return False
-    x, y, c = node[1]
-    return {x, y} == {"g", state} and isinstance(c, float) and 0.0 < c < 1.0
-
-
-def is_lion_form(program: Program) -> bool:
-    """True when the update contains sign(interp(g, s, c1)) for a state s that is updated as
-    s <- interp(g, s, c2) (either argument order, 0 < c1, c2 < 1): Lion's sign of interpolated momentum."""
-    pruned = prune(program)
-    outputs = _expressions(pruned)
-    for state in STATES:
-        if not _is_momentum(outputs[state], state):
-            continue
-        for node in _walk(outputs["update"]):
-            if node[0] == "sign" and _is_momentum(node[1][0], state):
-                return True
-    return False

@@ -40,6 +40,20 @@ def lr_grid(low: float, high: float, per_decade: int = 2) -> tuple[float, ...]:
     return tuple(round(10 ** (low + i / per_decade), 8) for i in range(count))
 
 
+# The baseline gets more tuning than any candidate: decoupled weight decays over two decades and an
+# lr grid twice as dense as the tasks' own (a win over it is not a win over an under-tuned AdamW).
+ADAMW_WEIGHT_DECAYS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)
+ADAMW_LRS_PER_DECADE = 4
+
+
+def denser(lrs: tuple[float, ...], per_decade: int = ADAMW_LRS_PER_DECADE) -> tuple[float, ...]:
+    """A log grid over the same range as `lrs`, `per_decade` a decade (at least `lrs` itself)."""
+    if len(lrs) < 2:
+        return tuple(lrs)
+    low, high = math.log10(min(lrs)), math.log10(max(lrs))
+    return tuple(sorted(set(lrs) | set(lr_grid(low, high, per_decade))))
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """A training setup: data set, hidden widths, steps, batch size, the lr grid and the seeds."""
@@ -281,9 +295,11 @@ class Task:
         """Fitness of `program` on this task (best lr of the grid)."""
         return self.train(compile_program(program), lrs)
 
-    def adamw(self, weight_decays=(0.0, 0.01, 0.1), betas=(0.9, 0.999)) -> tuple[TaskResult, float]:
-        """Tuned AdamW: the best over the lr grid and `weight_decays`; (result, weight decay)."""
-        results = {wd: self.train(AdamWStep(betas, 1e-8, wd)) for wd in weight_decays}
+    def adamw(self, weight_decays=ADAMW_WEIGHT_DECAYS, betas=(0.9, 0.999)) -> tuple[TaskResult, float]:
+        """Tuned AdamW: the best over a denser lr grid than the task's and `weight_decays`; (result,
+        weight decay)."""
+        lrs = denser(self.spec.lrs)
+        results = {wd: self.train(AdamWStep(betas, 1e-8, wd), lrs) for wd in weight_decays}
         best = min(results, key=lambda wd: results[wd].loss)
         return results[best], best
 
@@ -314,7 +330,7 @@ class Suite:
     def __repr__(self) -> str:
         return "Suite(" + "; ".join(map(repr, self.tasks.values())) + ")"
 
-    def adamw(self, weight_decays=(0.0, 0.01, 0.1)) -> SuiteResult:
+    def adamw(self, weight_decays=ADAMW_WEIGHT_DECAYS) -> SuiteResult:
         """Tuned AdamW on each task (the references; relative loss 1)."""
         if self.references is None:
             self.references = {}

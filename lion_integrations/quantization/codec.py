@@ -8,8 +8,10 @@ along each row and never cross a row; a row's last block is short when ``block_s
 divide ``cols``. So
 
 * codes: uint8 of the tensor's own shape for 8 bits; ``(rows, ceil(cols / 2))`` for 4 bits, two
-  codes per byte (element ``2j`` in the low nibble, ``2j + 1`` in the high nibble of byte ``j``;
-  4-bit block sizes are even, so a byte never holds two blocks);
+  codes per byte: byte ``j`` of a block of ``L`` elements holds element ``j`` in its low nibble and
+  element ``j + L/2`` in its high nibble (both halves are contiguous, so the packing vectorizes; a
+  row's short last block of odd length is padded by one zero element; 4-bit block sizes are even,
+  so a byte never holds two blocks);
 * absmax: float32 ``(rows, ceil(cols / block_size))``, the largest magnitude in each block.
 
 Row ``r`` of the tensor is encoded entirely by row ``r`` of the codes and row ``r`` of absmax, so a
@@ -17,24 +19,29 @@ split of dim 0 (FSDP2's ``Shard(0)``, a DCP reshard to another world size) cuts 
 codes and its scales at the same rows, and every piece is a complete encoding of its own rows.
 
 Map. `signed_dynamic_map` is a signed dynamic-exponent map after Dettmers et al. (8-bit optimizers
-via block-wise quantization, 2022). 8 bits: a sign, and a magnitude whose decade shrinks as its
-fraction gets more values, keeping relative precision from 1 down to 1e-6 of the block's absmax.
-4 bits: a sign and 7 magnitudes spaced geometrically from 1/32 to 1 (all exponent, no fraction).
-Both are symmetric (``map[i] == -map[-1 - i]``) and hold +1 and -1 exactly, so a block's largest
-element is stored without error whatever its sign; their two middle entries are 0.
-A stored byte is the map index XOR ``2**(bits-1)``, so a zero byte (a fresh state) decodes to 0.
+via block-wise quantization, 2022). A code is a sign and a magnitude index ``j``:
 
-Rounding is to the nearest map entry, deterministic (ties toward zero): the value divided by its
-block's absmax is located among the midpoints between neighbouring entries by one look-up on its
-float32 exponent and top mantissa bits and one comparison (`nearest_byte`); a sort-based search
-(``torch.bucketize``) gives the same index but Inductor does not fuse it on CPU.
+* 8 bits, ``j`` in 0..127: decade ``t = floor(log2 j)`` (0..6) holds the ``2**t`` values
+  ``10**(t-6) * (0.1 + 0.9 * k / 2**t)``, ``k = j + 1 - 2**t`` in 1..2**t, so a decade's fraction
+  gets fewer values as its exponent shrinks: relative precision from 1 down to 1e-6 of the absmax;
+* 4 bits, ``j`` in 0..7: 7 magnitudes spaced geometrically from 1/32 to 1 (all exponent).
+
+``j = 0`` is zero. A stored byte (nibble) is ``j`` for a positive value and ``2**bits - 1 - j`` for
+a negative one, i.e. the map index XOR ``2**(bits-1)``: a zero byte (a fresh state) decodes to 0,
+and the map is symmetric and holds +1 and -1 exactly, so a block's largest element is stored
+without error whatever its sign.
+
+Both directions are arithmetic on the code or the value (float exponent bits, compares and
+selects), never a table look-up: look-ups compile to scalar gathers on CPU, this vectorizes.
+Decoding is exact IEEE float32 arithmetic, the same in eager and compiled code, and defines the
+map. Encoding rounds to the nearest entry, deterministically, ties toward zero (exactly for 4 bits;
+for 8 bits up to float32 rounding of the position inside a decade, a few 1e-8 of the absmax).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -58,138 +65,139 @@ def check_block_size(block_size, bits: int = 8) -> int:
     return block_size
 
 
-# 4 bits: the map is all exponent: magnitudes 32**(-k/6), k = 6..0 (1/32 to 1, ratio ~1.78). With 3
-# magnitude bits a decimal dynamic map (0.01, 0.055, 0.1, 0.325, ...) leaves gaps so wide that
-# deterministic rounding freezes Lion's 1%-per-step momentum updates; this spacing lost least in
-# our 200-step comparisons (tests/test_quantization.py).
+# --- 8 bits: seven decimal decades. -------------------------------------------------------------
+
+DECADES = 7
+# DECADE_SCALE[t] = 10**(t-6): the largest magnitude of decade t (and 10x the smallest of t+1).
+DECADE_SCALE = tuple(10.0 ** (t - DECADES + 1) for t in range(DECADES))
+
+
+def _encode_constants(t: int) -> tuple[float, float, float]:
+    """(A, C, cap) such that a magnitude a of decade t has nearest index min(ceil(a*A - C), cap).
+
+    Decade t >= 1 spans [0.1*s, s] (s = 10**(t-6)) in 2**t equal steps, k = 0 being the top of
+    decade t-1: k = round((a/s - 0.1) * 2**t / 0.9), j = k + 2**t - 1. Decade 0 spans [0, 1e-6]
+    in one step (j = 0 is zero). Rounding half down (ties toward zero) is ceil(x - 0.5).
+    """
+    if t == 0:
+        return 1.0 / DECADE_SCALE[0], 0.5, 1.0
+    steps = 2.0**t
+    scale = steps / (0.9 * DECADE_SCALE[t])
+    return scale, steps / 9.0 + 0.5 - (steps - 1.0), 2.0 * steps - 1.0
+
+
+def _float_bits(values: torch.Tensor) -> torch.Tensor:
+    return values.view(torch.int32)
+
+
+def _power_of_two(exponent: torch.Tensor) -> torch.Tensor:
+    """2.0**exponent (float32, exact) for int32 exponents in [-126, 127], from the float's bits."""
+    return ((exponent + 127) << 23).view(torch.float32)
+
+
+def _decode_magnitude8(j: torch.Tensor) -> torch.Tensor:
+    """Magnitude of index j (int32, 0..127), exact float32: 10**(t-6) * (0.1 + 0.9 * k / 2**t)."""
+    jf = j.float()
+    t = (_float_bits(jf) >> 23) - 127  # floor(log2 j); -127 for j = 0
+    fraction = (jf + 1.0) * _power_of_two(-t.clamp(min=0)) - 1.0  # k / 2**t, exact
+    scale = torch.full_like(jf, DECADE_SCALE[0])
+    for decade in range(1, DECADES):
+        scale = torch.where(t >= decade, DECADE_SCALE[decade], scale)
+    return torch.where(j == 0, 0.0, (fraction * 0.9 + 0.1) * scale)
+
+
+def _nearest_index8(magnitude: torch.Tensor) -> torch.Tensor:
+    """Index j (int32) of the magnitude nearest to each value in [0, 1]."""
+    slope, offset, cap = (torch.full_like(magnitude, value) for value in _encode_constants(0))
+    for decade in range(1, DECADES):
+        inside = magnitude > DECADE_SCALE[decade - 1]
+        decade_slope, decade_offset, decade_cap = _encode_constants(decade)
+        slope = torch.where(inside, decade_slope, slope)
+        offset = torch.where(inside, decade_offset, offset)
+        cap = torch.where(inside, decade_cap, cap)
+    return torch.minimum(torch.ceil(magnitude * slope - offset), cap).to(torch.int32)
+
+
+# --- 4 bits: seven geometric magnitudes. ----------------------------------------------------------
+
+# With 3 magnitude bits a decimal dynamic map (0.01, 0.055, 0.1, 0.325, ...) leaves gaps so wide
+# that deterministic rounding freezes Lion's 1%-per-step momentum updates; magnitudes 32**(-k/6),
+# k = 6..0 (1/32 to 1, ratio ~1.78), lost least in our 200-step comparisons (tests/test_quantization.py).
 _FOUR_BIT_RANGE = 32.0
+FOUR_BIT_MAGNITUDES = tuple(float(torch.tensor(_FOUR_BIT_RANGE ** (-k / 6))) for k in range(6, -1, -1))
+# Midpoints between neighbouring magnitudes (0 first), in float32: j = how many lie below |x|.
+FOUR_BIT_MIDPOINTS = tuple(
+    float((torch.tensor(low) + torch.tensor(high)) / 2) for low, high in zip((0.0, *FOUR_BIT_MAGNITUDES), FOUR_BIT_MAGNITUDES)
+)
+
+
+def _decode_magnitude4(j: torch.Tensor) -> torch.Tensor:
+    magnitude = torch.zeros_like(j, dtype=torch.float32)
+    for index, value in enumerate(FOUR_BIT_MAGNITUDES, start=1):
+        magnitude = torch.where(j == index, value, magnitude)
+    return magnitude
+
+
+def _nearest_index4(magnitude: torch.Tensor) -> torch.Tensor:
+    index = torch.zeros_like(magnitude, dtype=torch.int32)
+    for count, midpoint in enumerate(FOUR_BIT_MIDPOINTS, start=1):
+        index = torch.where(magnitude > midpoint, count, index)
+    return index
+
+
+# --- Codes <-> normalized values. -------------------------------------------------------------
+
+
+def decode_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """The float32 value in [-1, 1] of each stored code (uint8 or int32, one code per element)."""
+    codes = codes.to(torch.int32)
+    top = (1 << bits) - 1
+    negative = codes > top // 2
+    j = torch.where(negative, top - codes, codes)
+    magnitude = _decode_magnitude8(j) if bits == 8 else _decode_magnitude4(j)
+    return torch.where(negative, -magnitude, magnitude)
+
+
+def nearest_code(normalized: torch.Tensor, bits: int) -> torch.Tensor:
+    """Stored code (int32) of the map entry nearest to each value in [-1, 1]."""
+    magnitude = normalized.abs()
+    j = _nearest_index8(magnitude) if bits == 8 else _nearest_index4(magnitude)
+    return torch.where(normalized < 0, (1 << bits) - 1 - j, j)
 
 
 @functools.lru_cache(maxsize=None)
-def _dynamic_map_values(bits: int) -> tuple[float, ...]:
-    magnitude_bits = check_bits(bits) - 1
-    magnitudes = []
-    if bits == 4:
-        count = 2**magnitude_bits - 1
-        magnitudes = [_FOUR_BIT_RANGE ** (-k / (count - 1)) for k in range(count)]
-    else:
-        # Decade 10**-e holds 2**(magnitude_bits - 1 - e) evenly spaced values of (0.1, 1] * 10**-e.
-        for e in range(magnitude_bits):
-            count = 2 ** (magnitude_bits - 1 - e)
-            magnitudes += [10.0**-e * (0.1 + 0.9 * k / count) for k in range(1, count + 1)]
-    magnitudes.sort()
-    return tuple([-m for m in reversed(magnitudes)] + [0.0, 0.0] + magnitudes)
+def _map_values(bits: int) -> tuple[float, ...]:
+    half = 1 << (bits - 1)
+    indices = torch.arange(1 << bits, dtype=torch.int32)
+    return tuple(decode_codes(indices ^ half, bits).tolist())
 
 
 def signed_dynamic_map(bits: int = 8, device: torch.device | str | None = None) -> torch.Tensor:
-    """The 2**bits sorted values in [-1, 1] (float32) that map indices decode to, times the absmax."""
-    return torch.tensor(_dynamic_map_values(check_bits(bits)), dtype=torch.float32, device=device)
-
-
-class CodecTables(NamedTuple):
-    """Constant tables of one map, indexed so that compiled code needs no bounds checks.
-
-    `qmap`: the map (2**bits sorted values); `decode`: the value of each stored byte (nibble);
-    `below`: for each look-up cell of |x|, the count of midpoints of the non-negative entries below
-    the cell; `cell_midpoint`: the midpoint inside the cell, +inf when none.
-    """
-
-    qmap: torch.Tensor
-    decode: torch.Tensor
-    below: torch.Tensor
-    cell_midpoint: torch.Tensor
-
-
-# Encoding looks |x| up by its float32 exponent and top _MANTISSA_BITS mantissa bits: cells of at
-# most 1/128 relative width, narrower than any gap of the maps, so a cell holds at most one midpoint.
-_MANTISSA_BITS = 7
-
-
-def _lowest_exponent(bits: int) -> int:
-    """A binade below the smallest midpoint: every |x| under 2**this shares the first cell (code 0)."""
-    smallest = min(v for v in _dynamic_map_values(bits) if v > 0)
-    return math.floor(math.log2(smallest / 2)) - 1
-
-
-# Per bits: the float32 bits >> (23 - _MANTISSA_BITS) of the first cell's lower bound, and the number
-# of cells (up to the one holding 1.0); constants for compiled code.
-_CELL_BASE = {bits: (_lowest_exponent(bits) + 127) << _MANTISSA_BITS for bits in SUPPORTED_BITS}
-_CELLS = {bits: (-_lowest_exponent(bits) + 1) << _MANTISSA_BITS for bits in SUPPORTED_BITS}
-
-
-def _build_tables(bits: int, device: torch.device) -> CodecTables:
-    qmap = signed_dynamic_map(bits)
-    size = qmap.shape[0]
-    decode = qmap[torch.arange(size) ^ (size // 2)]
-    positive = qmap[size // 2 :]  # 0, then the magnitudes up to 1
-    midpoints = (positive[1:] + positive[:-1]) / 2
-    cells = torch.arange(_CELLS[bits] + 1, dtype=torch.int32) + _CELL_BASE[bits]
-    bounds = (cells << (23 - _MANTISSA_BITS)).view(torch.float32)
-    below = torch.searchsorted(midpoints, bounds)  # midpoints < each cell's lower bound
-    inside = below[1:] - below[:-1]
-    if inside.max() > 1:
-        raise AssertionError(f"the {bits}-bit map has two midpoints in one look-up cell")
-    padded = torch.cat([midpoints, midpoints.new_full((1,), math.inf)])
-    cell_midpoint = torch.where(inside > 0, padded[below[:-1]], math.inf)
-    return CodecTables(*(t.to(device) for t in (qmap, decode, below[:-1].to(torch.int32), cell_midpoint)))
-
-
-@functools.lru_cache(maxsize=None)
-def _tables(bits: int, device: torch.device) -> CodecTables:
-    built = _build_tables(bits, device)
-    for table in built:  # constant sizes in compiled code (not symbols shared with equal-sized dims)
-        torch._dynamo.mark_static(table)
-    return built
-
-
-def tables(bits: int, device: torch.device | str) -> CodecTables:
-    """The tables for `bits` on `device`, built once per process and device."""
-    return _tables(check_bits(bits), torch.device(device))
-
-
-def _lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``table[index]`` for indices in range by construction (clamped, or bytes into a 256-table):
-    the unchecked op, so compiled code has no bounds check or negative-index wrap per element."""
-    return torch.ops.aten._unsafe_index(table, [index.to(torch.int32)])  # int32: ~3x faster gathers on CPU
-
-
-def nearest_byte(normalized: torch.Tensor, below: torch.Tensor, cell_midpoint: torch.Tensor, bits: int):
-    """Stored byte (int32) of the map entry nearest to each value in [-1, 1].
-
-    j, the index among the non-negative entries, counts the midpoints below |x|: a look-up on the
-    exponent and top mantissa bits of |x| gives the count below its cell, one comparison adds the
-    midpoint inside the cell, if any (so ties go toward zero). A negative value stores the mirror
-    ``2**bits - 1 - j``: the byte is the map index XOR 2**(bits-1).
-    """
-    magnitude = normalized.abs()
-    cell = (magnitude.view(torch.int32) >> (23 - _MANTISSA_BITS)) - _CELL_BASE[bits]
-    cell = cell.clamp(0, _CELLS[bits] - 1)
-    index = _lookup(below, cell) + (_lookup(cell_midpoint, cell) < magnitude).to(torch.int32)
-    return torch.where(normalized < 0, (1 << bits) - 1 - index, index)
+    """The 2**bits sorted values in [-1, 1] (float32) that map indices decode to, times the absmax;
+    map index i is stored as the code i XOR 2**(bits-1)."""
+    return torch.tensor(_map_values(check_bits(bits)), dtype=torch.float32, device=device)
 
 
 # --- Blocks: tensors of shape (..., block length), one absmax per block (shape ...). ---------------
 
 
-def encode_blocks(values: torch.Tensor, below: torch.Tensor, cell_midpoint: torch.Tensor, bits: int):
+def encode_blocks(values: torch.Tensor, bits: int):
     """Quantize `values` (..., L), one block per last-dim slice: (codes uint8 (..., L or L/2), absmax)."""
     values = values.float()
     absmax = values.abs().amax(dim=-1)
-    normalized = values / torch.where(absmax > 0, absmax, torch.ones_like(absmax)).unsqueeze(-1)
-    codes = nearest_byte(normalized, below, cell_midpoint, bits)
+    inverse = 1.0 / torch.where(absmax > 0, absmax, torch.ones_like(absmax))
+    codes = nearest_code(values * inverse.unsqueeze(-1), bits)
     if bits == 4:
-        pairs = codes.view(*codes.shape[:-1], codes.shape[-1] // 2, 2)
-        codes = pairs[..., 0] | (pairs[..., 1] << 4)
+        half = codes.shape[-1] // 2
+        codes = codes[..., :half] | (codes[..., half:] << 4)
     return codes.to(CODES_DTYPE), absmax
 
 
-def decode_blocks(codes: torch.Tensor, absmax: torch.Tensor, decode: torch.Tensor, bits: int) -> torch.Tensor:
-    """The float32 blocks (..., L) that `codes` (..., L, or L/2 for 4 bits) and `absmax` (...) encode;
-    `decode` is `CodecTables.decode`, the value of each byte."""
-    if bits == 4:  # byte j -> elements 2j (low nibble), 2j + 1 (high nibble), by broadcasting
-        shifts = torch.arange(2, device=codes.device, dtype=torch.uint8) * 4
-        codes = ((codes.unsqueeze(-1) >> shifts) & 15).view(*codes.shape[:-1], 2 * codes.shape[-1])
-    return _lookup(decode, codes) * absmax.unsqueeze(-1)
+def decode_blocks(codes: torch.Tensor, absmax: torch.Tensor, bits: int) -> torch.Tensor:
+    """The float32 blocks (..., L) that `codes` (..., L, or L/2 for 4 bits) and `absmax` (...) encode."""
+    if bits == 4:  # byte j of a block -> elements j (low nibble) and j + L/2 (high nibble)
+        codes = torch.cat([codes & 15, codes >> 4], dim=-1)
+    return decode_codes(codes, bits) * absmax.unsqueeze(-1)
 
 
 # --- Rows: the tensor layout described in the module docstring. ---------------------------------
@@ -250,13 +258,12 @@ def quantize_blockwise(values: torch.Tensor, bits: int = 8, block_size: int = 25
     codes_shape, absmax_shape = quantized_shapes(values.shape, bits, block_size)
     codes = torch.zeros(codes_shape, dtype=CODES_DTYPE, device=values.device)
     absmax = torch.zeros(absmax_shape, dtype=ABSMAX_DTYPE, device=values.device)
-    codec_tables = tables(bits, values.device)
     flat = values.detach().reshape(rows, cols)
     for part_values, part_codes, part_absmax in block_views(flat, codes.view(rows, -1), absmax, bits, block_size):
         if part_values.numel():
             if bits == 4:
                 part_values = _padded_tail(part_values)
-            new_codes, new_absmax = encode_blocks(part_values, codec_tables.below, codec_tables.cell_midpoint, bits)
+            new_codes, new_absmax = encode_blocks(part_values, bits)
             part_codes.copy_(new_codes)
             part_absmax.copy_(new_absmax)
     return codes, absmax
@@ -274,16 +281,15 @@ def dequantize_blockwise(codes: torch.Tensor, absmax: torch.Tensor, shape, bits:
         )
     rows, cols = rows_and_cols(shape)
     values = torch.empty((rows, cols), dtype=torch.float32, device=codes.device)
-    decode = tables(bits, codes.device).decode
     codes_rows = codes.reshape(rows, -1)
     for part_values, part_codes, part_absmax in block_views(values, codes_rows, absmax.float(), bits, block_size):
         if part_values.numel():
-            decoded = decode_blocks(part_codes, part_absmax, decode, bits)
+            decoded = decode_blocks(part_codes, part_absmax, bits)
             part_values.copy_(decoded[..., : part_values.shape[-1]])
     return values.view(tuple(shape))
 
 
 def max_abs_error(absmax: torch.Tensor, bits: int) -> torch.Tensor:
     """Worst-case |x - decode(encode(x))| in each block: half the widest gap of the map, times absmax."""
-    qmap = tables(bits, absmax.device).qmap
+    qmap = signed_dynamic_map(bits, absmax.device)
     return (qmap[1:] - qmap[:-1]).max() / 2 * absmax

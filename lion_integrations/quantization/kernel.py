@@ -3,9 +3,12 @@
 `quantized_lion_step_` is that step on a group of blocks, and the only one: the for-loop path runs
 it eagerly, the fused path runs it through `torch.compile` (dynamic shapes, the step's scalars as
 one fp32 tensor, like `lion_integrations.fused`, so neither a new shape nor a new learning rate
-recompiles). Inductor turns it into a reduction loop (each block's new absmax) and a pointwise loop
-(parameter update and new codes) in one kernel; both recompute the momentum from codes and gradient
-in registers, so no full-size fp32 buffer is written.
+recompiles). Inductor turns it into one loop over blocks; for each block it decodes the momentum,
+updates the parameter and the momentum into a block-sized buffer (in cache, never a full-size fp32
+tensor), reduces the block's new absmax and encodes the codes, so every byte is read once.
+
+The compiled step writes the new codes to a separate workspace, copied back afterwards (2 bytes per
+element): encoding into the codes it is reading makes Inductor give up the per-block loop.
 """
 
 from __future__ import annotations
@@ -14,48 +17,48 @@ import functools
 
 import torch
 
-from ..fused import FUSED_DEVICE_TYPES
+from ..fused import FUSED_DEVICE_TYPES, INDUCTOR_OPTIONS
 from ..rule import LionCoefficients, lion_step_tensor_
-from .codec import _padded_tail, block_views, decode_blocks, encode_blocks, tables
+from .codec import CODES_DTYPE, _padded_tail, block_views, decode_blocks, encode_blocks
 
-# Keep the momentum in registers: by default Inductor stores a pointwise value that several loops
-# read once it reads more than a few inputs (or has many ops), here a full-size fp32 buffer.
-_INDUCTOR_OPTIONS = {
-    "realize_reads_threshold": 10_000,
-    "realize_opcount_threshold": 10_000,
-    "realize_acc_reads_threshold": 10_000,
-    # Table indices are clamped or come from uint8 codes: in range by construction.
-    "assert_indirect_indexing": False,
-}
+# As the fp32 kernel's (a parallel loop whatever the first call's size), and no index bound checks.
+_INDUCTOR_OPTIONS = {**INDUCTOR_OPTIONS, "assert_indirect_indexing": False}
+# Largest workspace the fused step keeps per device (elements of codes); bigger parameters are
+# stepped in slices of rows that fit it.
+WORKSPACE_BYTES = 1 << 24
 
 
 def quantized_lion_step_(
-    param, grad, codes, absmax, decode, below, cell_midpoint, step_size, update_weight, momentum_weight, decay, *, bits
-) -> None:
-    """One step in place on blocks: `param`, `grad` (..., L); `codes` (..., L or L/2); `absmax` (...)."""
-    exp_avg = decode_blocks(codes, absmax, decode, bits)
+    param, grad, codes, absmax, new_codes, step_size, update_weight, momentum_weight, decay, *, bits
+) -> torch.Tensor:
+    """One step on blocks: `param`, `grad` (..., L); `codes`, `new_codes` (..., L or L/2); `absmax` (...).
+
+    Updates `param` in place, writes the new momentum's codes to `new_codes` (which may be `codes`
+    when run eagerly) and returns its absmax.
+    """
+    exp_avg = decode_blocks(codes, absmax, bits)
     lion_step_tensor_(param, grad, exp_avg, step_size, update_weight, momentum_weight, decay)
-    new_codes, new_absmax = encode_blocks(exp_avg, below, cell_midpoint, bits)
-    codes.copy_(new_codes)
-    absmax.copy_(new_absmax)
+    encoded, new_absmax = encode_blocks(exp_avg, bits)
+    new_codes.copy_(encoded)
+    return new_absmax
 
 
 # One function per (bits, part) so that each has its own code object, hence its own Dynamo cache:
 # full blocks (rows, n, block_size) and a row's short last block (rows, 1, t) are different graphs.
-def _step8_full(param, grad, codes, absmax, decode, below, cell_midpoint, scalars) -> None:
-    quantized_lion_step_(param, grad, codes, absmax, decode, below, cell_midpoint, *scalars.unbind(), bits=8)
+def _step8_full(param, grad, codes, absmax, new_codes, scalars):
+    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), bits=8)
 
 
-def _step8_tail(param, grad, codes, absmax, decode, below, cell_midpoint, scalars) -> None:
-    quantized_lion_step_(param, grad, codes, absmax, decode, below, cell_midpoint, *scalars.unbind(), bits=8)
+def _step8_tail(param, grad, codes, absmax, new_codes, scalars):
+    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), bits=8)
 
 
-def _step4_full(param, grad, codes, absmax, decode, below, cell_midpoint, scalars) -> None:
-    quantized_lion_step_(param, grad, codes, absmax, decode, below, cell_midpoint, *scalars.unbind(), bits=4)
+def _step4_full(param, grad, codes, absmax, new_codes, scalars):
+    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), bits=4)
 
 
-def _step4_tail(param, grad, codes, absmax, decode, below, cell_midpoint, scalars) -> None:
-    quantized_lion_step_(param, grad, codes, absmax, decode, below, cell_midpoint, *scalars.unbind(), bits=4)
+def _step4_tail(param, grad, codes, absmax, new_codes, scalars):
+    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), bits=4)
 
 
 _STEPS = {(8, "full"): _step8_full, (8, "tail"): _step8_tail, (4, "full"): _step4_full, (4, "tail"): _step4_tail}
@@ -65,6 +68,23 @@ _STEPS = {(8, "full"): _step8_full, (8, "tail"): _step8_tail, (4, "full"): _step
 def compiled_quantized_step(bits: int, part: str):
     """The compiled step for `bits` and `part` ('full' blocks or the 'tail' ones), built once per process."""
     return torch.compile(_STEPS[bits, part], fullgraph=True, dynamic=True, options=_INDUCTOR_OPTIONS)
+
+
+_workspaces: dict[torch.device, torch.Tensor] = {}
+
+
+def _workspace_like(codes: torch.Tensor) -> torch.Tensor:
+    """A uint8 tensor shaped like `codes` (contiguous, not a view), in memory kept per device."""
+    buffer = _workspaces.get(codes.device)
+    if buffer is None or buffer.numel() < codes.numel():
+        buffer = _workspaces[codes.device] = torch.empty(codes.numel(), dtype=CODES_DTYPE, device=codes.device)
+    return buffer.new_empty(0).set_(buffer.untyped_storage(), 0, codes.shape, codes.new_empty(codes.shape).stride())
+
+
+def _row_slices(rows: int, bytes_per_row: int, fused: bool):
+    """Row ranges to step in turn: all rows, or (fused) slices whose codes fit the workspace."""
+    step = rows if not fused else max(1, WORKSPACE_BYTES // max(1, bytes_per_row))
+    return [(start, min(rows, start + step)) for start in range(0, rows, step)]
 
 
 def step_quantized_param_(
@@ -88,31 +108,35 @@ def step_quantized_param_(
     param, grad, codes, absmax = param.detach(), grad.detach(), codes.detach(), absmax.detach()
     work_param = param if param.is_contiguous() else param.contiguous()
     work_codes = codes if codes.is_contiguous() else codes.contiguous()
+    param_rows, codes_rows = work_param.view(rows, -1), work_codes.view(rows, -1)
     grad_rows = grad.contiguous().view(rows, -1)
-    _, decode, below, cell_midpoint = tables(bits, param.device)
     if fused:
         if scalars is None:
             scalars = coefficients.as_tensor(param.device)
         torch._dynamo.mark_static(scalars)  # its 4 is a constant, not a size shared with blocks
-    parts = block_views(work_param.view(rows, -1), work_codes.view(rows, -1), absmax, bits, block_size)
-    grad_parts = [part[0] for part in block_views(grad_rows, work_codes.view(rows, -1), absmax, bits, block_size)]
-    for name, (part_param, part_codes, part_absmax), part_grad in zip(("full", "tail"), parts, grad_parts):
-        if part_param.numel() == 0:
-            continue
-        odd = bits == 4 and part_param.shape[-1] % 2
-        if odd:  # a short 4-bit block of odd length: step a copy padded to whole bytes
-            target, part_param, part_grad = part_param, _padded_tail(part_param), _padded_tail(part_grad)
-        if fused:
-            compiled_quantized_step(bits, name)(
-                part_param, part_grad, part_codes, part_absmax, decode, below, cell_midpoint, scalars
-            )
-        else:
-            quantized_lion_step_(
-                part_param, part_grad, part_codes, part_absmax, decode, below, cell_midpoint, *vars(coefficients).values(),
-                bits=bits,
-            )
-        if odd:
-            target.copy_(part_param[..., : target.shape[-1]])
+    for start, stop in _row_slices(rows, codes_rows.shape[1], fused):
+        parts = block_views(param_rows[start:stop], codes_rows[start:stop], absmax[start:stop], bits, block_size)
+        grad_parts = block_views(grad_rows[start:stop], codes_rows[start:stop], absmax[start:stop], bits, block_size)
+        for name, (part_param, part_codes, part_absmax), (part_grad, _, _) in zip(("full", "tail"), parts, grad_parts):
+            if part_param.numel() == 0:
+                continue
+            odd = bits == 4 and part_param.shape[-1] % 2
+            if odd:  # a short 4-bit block of odd length: step a copy padded to whole bytes
+                target, part_param, part_grad = part_param, _padded_tail(part_param), _padded_tail(part_grad)
+            if fused:
+                new_codes = _workspace_like(part_codes)
+                new_absmax = compiled_quantized_step(bits, name)(
+                    part_param, part_grad, part_codes, part_absmax, new_codes, scalars
+                )
+                part_codes.copy_(new_codes)
+            else:
+                new_absmax = quantized_lion_step_(
+                    part_param, part_grad, part_codes, part_absmax, part_codes, *vars(coefficients).values(),
+                    bits=bits,
+                )
+            part_absmax.copy_(new_absmax)
+            if odd:
+                target.copy_(part_param[..., : target.shape[-1]])
     if work_param is not param:
         param.copy_(work_param)
     if work_codes is not codes:
