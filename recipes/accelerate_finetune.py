@@ -16,6 +16,9 @@ Interrupt and resume (the resumed run ends exactly where the uninterrupted one d
     accelerate launch ... recipes/accelerate_finetune.py --stop_after 60    # saves checkpoint-60, exits
     accelerate launch ... recipes/accelerate_finetune.py --resume latest    # loads it, trains to --steps
 
+(A new run refuses an --output_dir that holds another run's checkpoints, which `--resume latest`
+would pick up: use a fresh --output_dir or --overwrite_output_dir.)
+
 The same script runs single-process (`python recipes/accelerate_finetune.py`), on GPUs
 (`accelerate launch --multi_gpu --num_processes 8 ...`) and under Accelerate's FSDP (see README:
 Quantized momentum); `--optimizer lion_q4` or `lion` switch the optimizer.
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 from pathlib import Path
 
 import torch
@@ -59,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--stop_after", type=int, default=0, help="save and exit after N steps (an interruption)")
     parser.add_argument("--resume", default=None, help="a checkpoint directory, or 'latest' in --output_dir")
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/accelerate_finetune"))
+    parser.add_argument("--overwrite_output_dir", action="store_true",
+                        help="start a new run in an --output_dir that holds another run's checkpoints (deletes them)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -105,6 +111,19 @@ def latest_checkpoint(output_dir: Path) -> Path:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    old_checkpoints = sorted(args.output_dir.glob("checkpoint-*"))
+    if old_checkpoints and not args.resume:
+        if not args.overwrite_output_dir:  # a later --resume latest would pick up the other run's
+            raise ValueError(
+                f"Invalid --output_dir: {args.output_dir} holds checkpoints of another run "
+                f"({', '.join(path.name for path in old_checkpoints)}); pass --resume, --overwrite_output_dir "
+                "or a new --output_dir"
+            )
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            for path in old_checkpoints:
+                shutil.rmtree(path)
+        accelerator.wait_for_everyone()
     set_seed(args.seed)
     (train_x, train_y), (valid_x, valid_y) = digits(args.seed)
     if args.batch_size % accelerator.num_processes:
@@ -130,12 +149,14 @@ def main(argv=None) -> dict:
         checkpoint = latest_checkpoint(args.output_dir) if args.resume == "latest" else Path(args.resume)
         accelerator.load_state(str(checkpoint))
         accelerator.print(f"resumed from {checkpoint} at step {progress.step}")
+        if progress.step >= args.steps:
+            accelerator.print(f"{checkpoint} is at step {progress.step} already (--steps {args.steps}): nothing to train")
 
     def save() -> None:
         accelerator.save_state(str(args.output_dir / f"checkpoint-{progress.step}"))
 
     model.train()
-    last_loss = float("nan")
+    last_loss = None  # no step trained (a resume at --steps)
     while progress.step < args.steps:
         index = batch_indices(progress.step, len(train_y), args.batch_size, args.seed)
         index = index.chunk(accelerator.num_processes)[accelerator.process_index]

@@ -167,11 +167,12 @@ def main(argv=None) -> dict:
         "programs": [],
     }
     warm = reference_scores["warm start"]
-    print("\nBest programs (simplified); score per funnel stage = mean validation loss / tuned AdamW's:")
+    print("\nBest programs, simplified and then evaluated again on every stage (so the scores can differ from "
+          "the search's); score = mean validation loss / tuned AdamW's:")
     for rank, program in enumerate(finals, 1):
         scores = {name: suite.evaluate(program) for name, suite in stages.items()}
         labels = [label for label, on in (("Lion form", is_lion_form(program)),
-                                          ("not accepted: failed the funnel", not found.accepted)) if on]
+                                          ("not accepted by the search's funnel", not found.accepted)) if on]
         print(f"\n#{rank} {'(' + '; '.join(labels) + ')' if labels else ''}")
         print("    " + shortest_text(program).replace("\n", "\n    "))
         for name, result in scores.items():

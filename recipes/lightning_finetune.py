@@ -8,6 +8,17 @@ initialization and data order; their curves come from Lightning's `CSVLogger`.
     python recipes/lightning_finetune.py --config recipes/lightning_finetune.yaml --epochs 30
     python recipes/lightning_finetune.py --optimizers '[lion]' --ratio 10
 
+Online (or with local copies), another image-classification data set and a pretrained model:
+
+    python recipes/lightning_finetune.py --dataset_name mnist --model '{image_size: 28, patch: 4}'
+    python recipes/lightning_finetune.py --dataset_name cifar10 --image_column img \
+        --model_name_or_path google/vit-base-patch16-224-in21k --batch_size 32 --epochs 3
+
+`--dataset_name` is anything `datasets.load_dataset` takes (a hub name, or a local folder of
+``<split>/<label>/<image>`` files); without a validation split, 20% of train is held out. Images are
+fed to `--model_name_or_path` (a Hugging Face image classifier, its head resized to the labels)
+through its own image processor, else to the ViT below as grayscale ``image_size`` squares.
+
 Learning rates: `adamw_lr` and `adamw_weight_decay` are the AdamW setting; the Lion run uses
 `lion_integrations.hparams.from_adamw(adamw_lr, adamw_weight_decay, ratio)`, i.e. lr / ratio and
 weight decay x ratio (Chen et al. 2023: ratio 3 to 10). Both use linear warmup + cosine decay.
@@ -59,17 +70,38 @@ class ViT(nn.Module):
         return self.head(self.norm(self.encoder(tokens)[:, 0]))
 
 
+class PretrainedClassifier(nn.Module):
+    """A Hugging Face image classifier (`AutoModelForImageClassification`) as images -> logits."""
+
+    def __init__(self, name_or_path: str, labels: list[str]):
+        super().__init__()
+        from transformers import AutoModelForImageClassification
+
+        self.model = AutoModelForImageClassification.from_pretrained(
+            name_or_path, id2label=dict(enumerate(labels)),
+            label2id={label: index for index, label in enumerate(labels)}, ignore_mismatched_sizes=True,
+        ).train()  # from_pretrained returns it in eval mode (dropout off)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits
+
+
 class DigitsClassifier(pl.LightningModule):
-    """Cross-entropy training of `ViT`; `optimizer` picks AdamW or Lion (from `from_adamw`)."""
+    """Cross-entropy training of `ViT` (or of a pretrained classifier given by `model_name_or_path`);
+    `optimizer` picks AdamW or Lion (from `from_adamw`)."""
 
     def __init__(self, optimizer: str = "lion", adamw_lr: float = 2e-3, adamw_weight_decay: float = 0.05,
                  ratio: float = DEFAULT_RATIO, betas: tuple[float, float] = (0.9, 0.99), warmup_steps: int = 30,
-                 model: dict[str, Any] | None = None, lion_kwargs: dict[str, Any] | None = None):
+                 model: dict[str, Any] | None = None, lion_kwargs: dict[str, Any] | None = None,
+                 model_name_or_path: str | None = None, labels: list[str] | None = None):
         super().__init__()
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"Invalid optimizer: {optimizer!r} (expected one of {OPTIMIZERS})")
         self.save_hyperparameters()
-        self.net = ViT(**(model or {}))
+        if model_name_or_path:
+            self.net = PretrainedClassifier(model_name_or_path, labels or [str(i) for i in range(10)])
+        else:
+            self.net = ViT(**{**(model or {}), **({"classes": len(labels)} if labels else {})})
 
     def forward(self, images):
         return self.net(images)
@@ -117,6 +149,52 @@ def digits_loaders(batch_size: int, seed: int, validation_fraction: float = 0.2)
     return train_loader, val_loader
 
 
+def hub_loaders(dataset_name: str, image_column: str, label_column: str, batch_size: int, seed: int,
+                model_name_or_path: str | None, image_size: int) -> tuple[DataLoader, DataLoader, list[str]]:
+    """Train/validation loaders over an image-classification data set `datasets` can load, and its labels.
+
+    Images go through the pretrained model's image processor, or become grayscale `image_size`
+    squares in [0, 1] for the ViT."""
+    import numpy
+
+    try:
+        import datasets
+    except ImportError:
+        raise SystemExit("--dataset_name needs the `datasets` package: pip install datasets") from None
+    loaded = datasets.load_dataset(dataset_name)
+    if "train" not in loaded:
+        raise ValueError(f"Invalid dataset_name: {dataset_name!r} has no 'train' split (splits: {list(loaded)})")
+    for column in (image_column, label_column):
+        if column not in loaded["train"].column_names:
+            raise ValueError(f"Invalid column {column!r}: {dataset_name!r} has {loaded['train'].column_names}")
+    held_out = next((loaded[split] for split in ("validation", "test") if split in loaded), None)
+    train = loaded["train"]
+    if held_out is None:
+        split = train.train_test_split(test_size=0.2, seed=seed)
+        train, held_out = split["train"], split["test"]
+    feature = train.features[label_column]
+    labels = list(feature.names) if isinstance(feature, datasets.ClassLabel) else sorted({str(v) for v in train[label_column]})
+
+    if model_name_or_path:
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(model_name_or_path)
+
+        def pixels(images):
+            return processor([image.convert("RGB") for image in images], return_tensors="pt")["pixel_values"]
+    else:
+        def pixels(images):
+            resized = [numpy.asarray(image.convert("L").resize((image_size, image_size))) for image in images]
+            return torch.tensor(numpy.stack(resized), dtype=torch.float32).unsqueeze(1) / 255.0
+
+    def tensors(part):
+        targets = [value if isinstance(feature, datasets.ClassLabel) else labels.index(str(value)) for value in part[label_column]]
+        return TensorDataset(pixels(part[image_column]), torch.tensor(targets, dtype=torch.long))
+
+    train_loader = DataLoader(tensors(train), batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    return train_loader, DataLoader(tensors(held_out), batch_size=256), labels
+
+
 def read_metrics(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """{metric: [(step, value), ...]} from a CSVLogger's metrics.csv."""
     series: dict[str, list[tuple[int, float]]] = {}
@@ -128,7 +206,8 @@ def read_metrics(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
-def plot(runs: dict[str, dict[str, list[tuple[int, float]]]], path: Path, smoothing: int = 10) -> None:
+def plot(runs: dict[str, dict[str, list[tuple[int, float]]]], path: Path, smoothing: int = 10,
+         title: str = "ViT on sklearn digits (8x8, 2x2 patches)") -> None:
     """Training loss (moving average over `smoothing` logged points) and validation loss/accuracy per run."""
     import matplotlib
 
@@ -152,7 +231,7 @@ def plot(runs: dict[str, dict[str, list[tuple[int, float]]]], path: Path, smooth
         axis.legend()
     train_axis.set_yscale("log")
     val_axis.set_yscale("log")
-    figure.suptitle("ViT on sklearn digits (8x8, 2x2 patches): AdamW vs Lion")
+    figure.suptitle(f"{title}: AdamW vs Lion")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
@@ -173,6 +252,10 @@ def main(
     seed: int = 0,
     threads: int = 1,
     output_dir: str = "outputs",
+    dataset_name: str | None = None,
+    image_column: str = "image",
+    label_column: str = "label",
+    model_name_or_path: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Train one run per entry of `optimizers` and plot them; returns {optimizer: final metrics}.
 
@@ -186,6 +269,10 @@ def main(
         lion_kwargs: extra Lion arguments (e.g. {fused: false}).
         threads: torch CPU threads (1 is fastest for this tiny model).
         output_dir: where lightning_loss.png and the CSV logs (lightning_logs/<optimizer>) go.
+        dataset_name: an image-classification data set for `datasets.load_dataset` instead of the
+            digits (a hub name when online, or a local folder); `image_column`, `label_column` name
+            its columns.
+        model_name_or_path: a pretrained Hugging Face image classifier to fine-tune instead of the ViT.
     """
     for name in optimizers:
         if name not in OPTIMIZERS:
@@ -195,11 +282,18 @@ def main(
     runs, finals = {}, {}
     for name in optimizers:
         pl.seed_everything(seed, verbose=False)  # same init, dropout and data order for every run
-        train_loader, val_loader = digits_loaders(batch_size, seed)
-        module = DigitsClassifier(name, adamw_lr, adamw_weight_decay, ratio, betas, warmup_steps, model, lion_kwargs)
+        labels = None
+        if dataset_name:
+            image_size = (model or {}).get("image_size", 8)
+            train_loader, val_loader, labels = hub_loaders(
+                dataset_name, image_column, label_column, batch_size, seed, model_name_or_path, image_size)
+        else:
+            train_loader, val_loader = digits_loaders(batch_size, seed)
+        module = DigitsClassifier(name, adamw_lr, adamw_weight_decay, ratio, betas, warmup_steps, model, lion_kwargs,
+                                  model_name_or_path, labels)
         logger = CSVLogger(output / "lightning_logs", name=name, version="")
         trainer = pl.Trainer(
-            max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, log_every_n_steps=5,
+            max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, log_every_n_steps=max(1, min(5, len(train_loader))),
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
             num_sanity_val_steps=0,
         )
@@ -224,7 +318,8 @@ def main(
             flush=True,
         )
     png = output / "lightning_loss.png"
-    plot(runs, png)
+    plot(runs, png, title=f"{model_name_or_path or 'ViT'} on {dataset_name or 'sklearn digits'}"
+         if dataset_name or model_name_or_path else "ViT on sklearn digits (8x8, 2x2 patches)")
     print(f"wrote {png}")
     return finals
 

@@ -1,16 +1,26 @@
-"""Shared test helpers: torch thread count, and launching 2-process torchrun jobs on gloo."""
+"""Shared test helpers: torch thread count, a private compile cache, and 2-process torchrun jobs on gloo."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Kernels compiled by this run (and its worker processes, which inherit the variable) go to a cache
+# of its own: another job compiling into the shared default cache at the same time can remove
+# Inductor's precompiled headers under a running compile.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="lion-tests-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -90,10 +90,10 @@ def test_accelerate_recipe_resumes_with_save_state_load_state(tmp_path):
     ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
 
-    def run(*args):
+    def run(*args, ok=True):
         result = subprocess.run([*launch, *args], capture_output=True, text=True, env=env, cwd=repo, timeout=600)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        return result.stdout
+        assert (result.returncode == 0) == ok, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout + (result.stderr if not ok else "")
 
     run("--output_dir", str(tmp_path / "full"))
     stopped = run("--output_dir", str(tmp_path / "resumed"), "--stop_after", "15")
@@ -102,6 +102,9 @@ def test_accelerate_recipe_resumes_with_save_state_load_state(tmp_path):
     saved = torch.load(optimizer_file, weights_only=True)
     assert any(entry.get("exp_avg_codes") is not None and entry["exp_avg_codes"].dtype == torch.uint8
                for entry in saved["state"].values())
+    # A new run into a folder with another run's checkpoints would leave them for --resume latest: refused.
+    refused = run("--output_dir", str(tmp_path / "resumed"), ok=False)
+    assert "Invalid --output_dir" in refused and "checkpoint-15" in refused
     resumed = run("--output_dir", str(tmp_path / "resumed"), "--resume", "latest")
     assert "resumed from" in resumed and "at step 15" in resumed
     metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())

@@ -181,22 +181,38 @@ def signed_dynamic_map(bits: int = 8, device: torch.device | str | None = None) 
 # --- Blocks: tensors of shape (..., block length), one absmax per block (shape ...). ---------------
 
 
+def _inverse(absmax: torch.Tensor) -> torch.Tensor:
+    return (1.0 / torch.where(absmax > 0, absmax, torch.ones_like(absmax))).unsqueeze(-1)
+
+
+def encode_nibbles(low: torch.Tensor, high: torch.Tensor):
+    """4-bit blocks given as their two halves (..., L/2): (codes uint8 (..., L/2), absmax (...))."""
+    low, high = low.float(), high.float()
+    absmax = torch.maximum(low.abs(), high.abs()).amax(dim=-1)
+    inverse = _inverse(absmax)
+    codes = nearest_code(low * inverse, 4) | (nearest_code(high * inverse, 4) << 4)
+    return codes.to(CODES_DTYPE), absmax
+
+
+def decode_nibbles(codes: torch.Tensor, absmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two float32 halves (..., L/2) of the 4-bit blocks that `codes` (..., L/2) and `absmax` encode."""
+    scale = absmax.unsqueeze(-1)
+    return decode_codes(codes & 15, 4) * scale, decode_codes(codes >> 4, 4) * scale
+
+
 def encode_blocks(values: torch.Tensor, bits: int):
     """Quantize `values` (..., L), one block per last-dim slice: (codes uint8 (..., L or L/2), absmax)."""
+    if bits == 4:
+        return encode_nibbles(*values.chunk(2, dim=-1))
     values = values.float()
     absmax = values.abs().amax(dim=-1)
-    inverse = 1.0 / torch.where(absmax > 0, absmax, torch.ones_like(absmax))
-    codes = nearest_code(values * inverse.unsqueeze(-1), bits)
-    if bits == 4:
-        half = codes.shape[-1] // 2
-        codes = codes[..., :half] | (codes[..., half:] << 4)
-    return codes.to(CODES_DTYPE), absmax
+    return nearest_code(values * _inverse(absmax), bits).to(CODES_DTYPE), absmax
 
 
 def decode_blocks(codes: torch.Tensor, absmax: torch.Tensor, bits: int) -> torch.Tensor:
     """The float32 blocks (..., L) that `codes` (..., L, or L/2 for 4 bits) and `absmax` (...) encode."""
     if bits == 4:  # byte j of a block -> elements j (low nibble) and j + L/2 (high nibble)
-        codes = torch.cat([codes & 15, codes >> 4], dim=-1)
+        return torch.cat(decode_nibbles(codes, absmax), dim=-1)
     return decode_codes(codes, bits) * absmax.unsqueeze(-1)
 
 

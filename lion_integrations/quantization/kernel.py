@@ -5,7 +5,9 @@ it eagerly, the fused path runs it through `torch.compile` (dynamic shapes, the 
 one fp32 tensor, like `lion_integrations.fused`, so neither a new shape nor a new learning rate
 recompiles). Inductor turns it into one loop over blocks; for each block it decodes the momentum,
 updates the parameter and the momentum into a block-sized buffer (in cache, never a full-size fp32
-tensor), reduces the block's new absmax and encodes the codes, so every byte is read once.
+tensor), reduces the block's new absmax and encodes the codes, so every byte is read once. (The one
+exception: rows' short last 4-bit blocks, when block_size does not divide the row, are stepped
+through an fp32 buffer the size of those tails.)
 
 The compiled step writes the new codes to a separate workspace, copied back afterwards (2 bytes per
 element): encoding into the codes it is reading makes Inductor give up the per-block loop.
@@ -19,7 +21,7 @@ import torch
 
 from ..fused import FUSED_DEVICE_TYPES, INDUCTOR_OPTIONS
 from ..rule import LionCoefficients, lion_step_tensor_
-from .codec import CODES_DTYPE, _padded_tail, block_views, decode_blocks, encode_blocks
+from .codec import CODES_DTYPE, _padded_tail, block_views, decode_blocks, decode_nibbles, encode_blocks, encode_nibbles
 
 # As the fp32 kernel's (a parallel loop whatever the first call's size), and no index bound checks.
 _INDUCTOR_OPTIONS = {**INDUCTOR_OPTIONS, "assert_indirect_indexing": False}
@@ -34,11 +36,18 @@ def quantized_lion_step_(
     """One step on blocks: `param`, `grad` (..., L); `codes`, `new_codes` (..., L or L/2); `absmax` (...).
 
     Updates `param` in place, writes the new momentum's codes to `new_codes` (which may be `codes`
-    when run eagerly) and returns its absmax.
+    when run eagerly) and returns its absmax. For 4 bits, `param` and `grad` are pairs of halves
+    (..., L/2), the elements of the low and of the high nibbles, so that every loop runs over bytes.
     """
-    exp_avg = decode_blocks(codes, absmax, bits)
-    lion_step_tensor_(param, grad, exp_avg, step_size, update_weight, momentum_weight, decay)
-    encoded, new_absmax = encode_blocks(exp_avg, bits)
+    if bits == 4:
+        exp_avgs = decode_nibbles(codes, absmax)
+        for param_half, grad_half, exp_avg in zip(param, grad, exp_avgs):
+            lion_step_tensor_(param_half, grad_half, exp_avg, step_size, update_weight, momentum_weight, decay)
+        encoded, new_absmax = encode_nibbles(*exp_avgs)
+    else:
+        exp_avg = decode_blocks(codes, absmax, bits)
+        lion_step_tensor_(param, grad, exp_avg, step_size, update_weight, momentum_weight, decay)
+        encoded, new_absmax = encode_blocks(exp_avg, bits)
     new_codes.copy_(encoded)
     return new_absmax
 
@@ -53,12 +62,14 @@ def _step8_tail(param, grad, codes, absmax, new_codes, scalars):
     return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), bits=8)
 
 
-def _step4_full(param, grad, codes, absmax, new_codes, scalars):
-    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), bits=4)
+def _step4_full(param_low, param_high, grad_low, grad_high, codes, absmax, new_codes, scalars):
+    return quantized_lion_step_(
+        (param_low, param_high), (grad_low, grad_high), codes, absmax, new_codes, *scalars.unbind(), bits=4)
 
 
-def _step4_tail(param, grad, codes, absmax, new_codes, scalars):
-    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), bits=4)
+def _step4_tail(param_low, param_high, grad_low, grad_high, codes, absmax, new_codes, scalars):
+    return quantized_lion_step_(
+        (param_low, param_high), (grad_low, grad_high), codes, absmax, new_codes, *scalars.unbind(), bits=4)
 
 
 _STEPS = {(8, "full"): _step8_full, (8, "tail"): _step8_tail, (4, "full"): _step4_full, (4, "tail"): _step4_tail}
@@ -78,7 +89,11 @@ def _workspace_like(codes: torch.Tensor) -> torch.Tensor:
     buffer = _workspaces.get(codes.device)
     if buffer is None or buffer.numel() < codes.numel():
         buffer = _workspaces[codes.device] = torch.empty(codes.numel(), dtype=CODES_DTYPE, device=codes.device)
-    return buffer.new_empty(0).set_(buffer.untyped_storage(), 0, codes.shape, codes.new_empty(codes.shape).stride())
+    strides, stride = [], 1
+    for size in reversed(codes.shape):
+        strides.insert(0, stride)
+        stride *= size
+    return buffer.new_empty(0).set_(buffer.untyped_storage(), 0, codes.shape, strides)
 
 
 def _row_slices(rows: int, bytes_per_row: int, fused: bool):
@@ -120,14 +135,16 @@ def step_quantized_param_(
         for name, (part_param, part_codes, part_absmax), (part_grad, _, _) in zip(("full", "tail"), parts, grad_parts):
             if part_param.numel() == 0:
                 continue
-            odd = bits == 4 and part_param.shape[-1] % 2
-            if odd:  # a short 4-bit block of odd length: step a copy padded to whole bytes
-                target, part_param, part_grad = part_param, _padded_tail(part_param), _padded_tail(part_grad)
+            target = part_param
+            if bits == 4 and part_param.shape[-1] % 2:  # a short block of odd length: a copy padded to whole bytes
+                part_param, part_grad = _padded_tail(part_param), _padded_tail(part_grad)
+            stepped = part_param
+            if bits == 4:  # as the elements of the low and of the high nibbles
+                part_param, part_grad = part_param.chunk(2, dim=-1), part_grad.chunk(2, dim=-1)
             if fused:
                 new_codes = _workspace_like(part_codes)
-                new_absmax = compiled_quantized_step(bits, name)(
-                    part_param, part_grad, part_codes, part_absmax, new_codes, scalars
-                )
+                tensors = (*part_param, *part_grad) if bits == 4 else (part_param, part_grad)
+                new_absmax = compiled_quantized_step(bits, name)(*tensors, part_codes, part_absmax, new_codes, scalars)
                 part_codes.copy_(new_codes)
             else:
                 new_absmax = quantized_lion_step_(
@@ -135,8 +152,8 @@ def step_quantized_param_(
                     bits=bits,
                 )
             part_absmax.copy_(new_absmax)
-            if odd:
-                target.copy_(part_param[..., : target.shape[-1]])
+            if stepped is not target:
+                target.copy_(stepped[..., : target.shape[-1]])
     if work_param is not param:
         param.copy_(work_param)
     if work_codes is not codes:
