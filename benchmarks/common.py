@@ -2,7 +2,8 @@
 
 Every number a benchmark prints is a ratio of two times measured in the same run, so results
 carry over between machines: a step's time against the memory floor (the bytes a step must move
-divided by the in-place bandwidth of this machine), and against peer optimizers.
+divided by the in-place bandwidth of this machine), and against peer optimizers. Contenders and the
+bandwidth probe are timed in interleaved rounds, keeping each one's fastest time (`interleaved_seconds`).
 """
 
 from __future__ import annotations
@@ -16,23 +17,28 @@ import torch
 MIB = 2**20
 
 
-def median_seconds(function: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median wall time of `function()` over `repeats` calls after `warmup` calls."""
-    for _ in range(warmup):
-        function()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+def interleaved_seconds(functions: dict[str, Callable[[], object]], rounds: int, warmup: int = 2) -> dict[str, float]:
+    """Fastest wall time of each function over `rounds` rounds that call every function once, in turn.
+
+    On a shared machine other jobs slow some calls down; interleaving spreads that over every
+    contender alike, and the minimum keeps the undisturbed time, so ratios of these are stable.
+    """
+    for function in functions.values():
+        for _ in range(warmup):
+            function()
+    best = {name: float("inf") for name in functions}
+    for _ in range(rounds):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
-def inplace_bandwidth(numel: int, repeats: int = 9) -> float:
-    """Bytes per second of `a += b` over fp32 buffers of `numel` elements (reads a, b; writes a)."""
+def inplace_add(numel: int) -> tuple[Callable[[], object], int]:
+    """(`a += b` over fp32 buffers of `numel` elements, the bytes it moves: reads a, b; writes a)."""
     a, b = torch.randn(numel), torch.randn(numel)
-    seconds = median_seconds(lambda: a.add_(b, alpha=1e-7), repeats)
-    return 3 * 4 * numel / seconds
+    return (lambda: a.add_(b, alpha=1e-7)), 3 * 4 * numel
 
 
 def make_params(total: int, chunk: int = 1 << 20, dtype=torch.float32, seed: int = 0):

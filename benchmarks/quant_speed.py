@@ -6,8 +6,8 @@ Everything is measured in this run, on the same parameters (1024x1024 fp32 matri
 
 * the memory floor of an fp32 Lion step, as in step_speed.py: 20 bytes/param (read p, g, m; write
   p, m) at this machine's in-place bandwidth;
-* step times (median) of fp32 `Lion` (fused), `Lion8bit` and `Lion4bit` (fused), and bitsandbytes'
-  `Lion8bit` when installed;
+* step times of fp32 `Lion` (fused), `Lion8bit` and `Lion4bit` (fused), and bitsandbytes'
+  `Lion8bit` when installed, each the fastest of interleaved rounds (see common.interleaved_seconds);
 * optimizer state bytes per parameter.
 
 Prints a markdown table of ratios (and writes it to outputs/quant_speed.md): step / floor, step /
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import inplace_bandwidth, machine_line, make_params, markdown_table, median_seconds  # noqa: E402
+from common import inplace_add, interleaved_seconds, machine_line, make_params, markdown_table  # noqa: E402
 
 from lion_integrations import Lion, Lion4bit, Lion8bit  # noqa: E402
 
@@ -54,8 +54,12 @@ def state_bytes_per_param(optimizer, params) -> float:
     return total / sum(p.numel() for p in params)
 
 
-def measure(total: int, repeats: int):
-    results = {}
+FLOOR = "in-place add (bandwidth probe)"
+
+
+def measure(total: int, rounds: int):
+    """({contender: (fastest step seconds, state bytes/param), or why it has none}, floor seconds)."""
+    results, steps, states = {}, {}, {}
     for name, factory in contenders():
         if isinstance(factory, str):
             results[name] = factory
@@ -63,27 +67,29 @@ def measure(total: int, repeats: int):
         params = make_params(total)
         try:
             optimizer = factory(params)
-            seconds = median_seconds(optimizer.step, repeats, warmup=2)
-            results[name] = (seconds, state_bytes_per_param(optimizer, params))
+            optimizer.step()
+            steps[name], states[name] = optimizer.step, state_bytes_per_param(optimizer, params)
         except Exception as error:
             results[name] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:80]}"
-        del params
-    return results
+    add, add_bytes = inplace_add(total)
+    timed = interleaved_seconds({FLOOR: add, **steps}, rounds)
+    floor = LION_BYTES_PER_PARAM * total / (add_bytes / timed.pop(FLOOR))
+    results.update({name: (seconds, states[name]) for name, seconds in timed.items()})
+    return {name: results[name] for name, _ in contenders()}, floor
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=int, default=20_000_000, help="parameters (default 20M)")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--output", type=Path, default=Path("outputs/quant_speed.md"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    repeats = 5 if args.quick else 15
+    repeats = 8 if args.quick else 20
 
-    floor = LION_BYTES_PER_PARAM * args.params / inplace_bandwidth(args.params)
-    results = measure(args.params, repeats)
+    results, floor = measure(args.params, repeats)
     fp32 = results.get("Lion (fp32 state, fused)")
     bnb = results.get("bitsandbytes Lion8bit")
     rows = []
@@ -105,7 +111,8 @@ def main() -> None:
     report = "\n".join([
         f"# Quantized-momentum step speed, {args.params / 1e6:.0f}M fp32 parameters ({machine_line()})",
         "",
-        f"fp32 Lion floor: {LION_BYTES_PER_PARAM} bytes/param at the in-place bandwidth measured in this run.",
+        f"fp32 Lion floor: {LION_BYTES_PER_PARAM} bytes/param at the in-place bandwidth measured in this run; "
+        f"fastest of {repeats} interleaved rounds each.",
         "",
         markdown_table(header, rows),
     ])

@@ -4,7 +4,8 @@
 
 Prints a markdown table of ratios measured in this run: step time / memory floor, where the floor is
 the bytes an fp32 Lion step must move (read p, g, m; write p, m: 20 bytes a parameter) divided by
-this machine's in-place bandwidth, and step time / the best peer's. Then the first-step compile time
+this machine's in-place bandwidth, and step time / the best peer's. Every contender and the
+bandwidth probe run in interleaved rounds; each keeps its fastest time. Then the first-step compile time
 of the fused path, cold (empty Inductor cache) and warm (cache from the cold run), in seconds.
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import inplace_bandwidth, machine_line, make_params, markdown_table, median_seconds  # noqa: E402
+from common import inplace_add, interleaved_seconds, machine_line, make_params, markdown_table  # noqa: E402
 
 from lion_integrations import Lion  # noqa: E402
 
@@ -49,20 +50,27 @@ def contenders():
         yield name, (lambda p, module=module, factory=factory: factory(module, p)), ""
 
 
-def measure_steps(total: int, repeats: int):
-    results = {}
+FLOOR = "in-place add (bandwidth probe)"
+
+
+def measure_steps(total: int, rounds: int) -> tuple[dict[str, float | str], float]:
+    """({contender: fastest step seconds, or why it has none}, floor seconds), all in interleaved rounds."""
+    results: dict[str, float | str] = {}
+    steps = {}
     for name, factory, reason in contenders():
         if factory is None:
             results[name] = reason
             continue
-        params = make_params(total)
         try:
-            optimizer = factory(params)
-            results[name] = median_seconds(optimizer.step, repeats, warmup=2)
+            optimizer = factory(make_params(total))
+            optimizer.step()
+            steps[name] = optimizer.step
         except Exception as error:
             results[name] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:80]}"
-        del params
-    return results
+    add, add_bytes = inplace_add(total)
+    timed = interleaved_seconds({FLOOR: add, **steps}, rounds)
+    floor = LION_BYTES_PER_PARAM * total / (add_bytes / timed.pop(FLOOR))
+    return {name: timed.get(name, results.get(name)) for name, _, _ in contenders()}, floor
 
 
 COMPILE_PROBE = textwrap.dedent(
@@ -91,14 +99,12 @@ def measure_compile_seconds() -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=int, default=20_000_000, help="parameters in the model (default 20M)")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
     parser.add_argument("--output", type=Path, default=Path("outputs/step_speed.md"))
     args = parser.parse_args()
-    repeats = 5 if args.quick else 15
+    repeats = 8 if args.quick else 20
 
-    bandwidth = inplace_bandwidth(args.params)
-    floor = LION_BYTES_PER_PARAM * args.params / bandwidth
-    steps = measure_steps(args.params, repeats)
+    steps, floor = measure_steps(args.params, repeats)
     timed = {name: seconds for name, seconds in steps.items() if isinstance(seconds, float)}
     lion_peers = [s for name, s in timed.items() if not name.startswith("lion_integrations") and "AdamW" not in name]
     best_peer = min(lion_peers) if lion_peers else None
@@ -122,7 +128,8 @@ def main() -> None:
     report = "\n".join([
         f"# Optimizer step speed, {args.params / 1e6:.0f}M fp32 parameters ({machine_line()})",
         "",
-        f"Memory floor: {LION_BYTES_PER_PARAM} bytes/param at the in-place bandwidth measured in this run.",
+        f"Memory floor: {LION_BYTES_PER_PARAM} bytes/param at the in-place bandwidth measured in this run; "
+        f"fastest of {repeats} interleaved rounds each.",
         "",
         markdown_table(header, rows),
         "",

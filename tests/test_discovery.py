@@ -580,14 +580,9 @@ def test_optimizer_bad_input(kwargs, message):
         DiscoveredOptimizer(_params(), **{"program": "lion", **kwargs})
 
 
-@pytest.mark.parametrize("way", ["configure_lion", "callback"])
-def test_lightning_helpers_take_a_discovered_program(tmp_path, way):
-    """configure_lion(optimizer_class=...) and LionCallback(optimizer_class=...) build DiscoveredOptimizer
-    (which has no betas: its program holds its constants)."""
-    pl = pytest.importorskip("lightning.pytorch")
+def _regression_net(pl, configure_optimizers=None):
+    """A LightningModule fitting a 4 -> 1 linear layer to 16 fixed points (configure_optimizers as given)."""
     from torch.utils.data import DataLoader, TensorDataset
-
-    from lion_integrations.lightning import LionCallback, configure_lion
 
     class Net(pl.LightningModule):
         def __init__(self):
@@ -599,18 +594,30 @@ def test_lightning_helpers_take_a_discovered_program(tmp_path, way):
             x, y = batch
             return torch.nn.functional.mse_loss(self.layer(x), y)
 
-        def configure_optimizers(self):
-            if way == "configure_lion":
-                return configure_lion(self, lr=0.01, weight_decay=0.1, optimizer_class=DiscoveredOptimizer, program="lion")
-            return torch.optim.AdamW(self.parameters(), lr=0.03, weight_decay=0.01)
-
         def train_dataloader(self):
             x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
             return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8)
 
+    if configure_optimizers is not None:
+        Net.configure_optimizers = configure_optimizers
+    return Net
+
+
+@pytest.mark.parametrize("way", ["configure_lion", "callback"])
+def test_lightning_helpers_take_a_discovered_program(tmp_path, way):
+    """configure_lion(optimizer_class=...) and LionCallback(optimizer_class=...) build DiscoveredOptimizer
+    (which has no betas: its program holds its constants)."""
+    pl = pytest.importorskip("lightning.pytorch")
+    from lion_integrations.lightning import LionCallback, configure_lion
+
+    def configure_optimizers(module):
+        if way == "configure_lion":
+            return configure_lion(module, lr=0.01, weight_decay=0.1, optimizer_class=DiscoveredOptimizer, program="lion")
+        return torch.optim.AdamW(module.parameters(), lr=0.03, weight_decay=0.01)
+
     callbacks = [] if way == "configure_lion" else [
         LionCallback(optimizer_class="lion_integrations.discovery.DiscoveredOptimizer", optimizer_kwargs={"program": "lion"})]
-    model = Net()
+    model = _regression_net(pl, configure_optimizers)()
     before = model.layer.weight.detach().clone()
     trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=tmp_path, callbacks=callbacks)
@@ -625,22 +632,8 @@ def test_lightning_cli_takes_a_discovered_program(tmp_path):
     pytest.importorskip("jsonargparse")
     pl = pytest.importorskip("lightning.pytorch")
     from lightning.pytorch.cli import LightningCLI
-    from torch.utils.data import DataLoader, TensorDataset
 
-    class Net(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.layer = torch.nn.Linear(4, 1)
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return torch.nn.functional.mse_loss(self.layer(x), y)
-
-        def train_dataloader(self):
-            x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
-            return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8)
-
+    Net = _regression_net(pl)
     program = "update = sign(interp(g, m, 0.9)) * lr; m = interp(g, m, 0.99)"
     before = Net().layer.weight.detach().clone()
     cli = LightningCLI(Net, args=[
@@ -744,6 +737,31 @@ def test_funnel_sees_the_best_of_each_round_once():
     assert result.stats.restarts >= 1 and result.best.loss == 0.7
     assert funneled[:3] == [0.85, 0.7, 0.8]
     assert [a.proxy_loss for a in result.accepted][:2] == [0.85, 0.8]
+
+
+def test_restarts_grow_from_the_program_that_did_best_on_the_funnel():
+    """With nothing accepted, a restart seeds the population with the funnel's best-scored program,
+    not the proxy best (which failed the funnel, as over-fitted proxy winners do)."""
+    proxy, funnel_losses = {}, {0.85: 1.02, 0.7: 1.2}
+    losses = iter([1.0, 0.85, 0.7] + [0.9] * 200)
+
+    def evaluate(program):
+        proxy[program_hash(program)] = loss = next(losses)
+        return loss
+
+    def funnel(program):
+        loss = proxy[program_hash(program)]
+        return funnel_losses.get(loss, 1.5), False
+
+    messages = []
+    config = SearchConfig(population=4, tournament=2, restart_after=5, funnel_margin=0.0, funnel_step=0.0, funnel_share=1.0)
+    search = Search(evaluate, 1.0, config, seed=0, funnel=funnel, log=messages.append)
+    result = search.run(ADAMW, max_children=40)
+    restarts = [m for m in messages if "restart" in m]
+    assert restarts and all("best funnel-scored" in m for m in restarts)
+    assert result.best.loss == 0.7 and not result.accepted
+    funnel_best = min(search.funneled, key=lambda key: search.funneled[key][0])
+    assert proxy[funnel_best] == 0.85
 
 
 def test_recipe_runs_end_to_end_on_tiny_tasks(tmp_path, monkeypatch, capsys):

@@ -3,8 +3,10 @@
 Each cycle: sample `tournament` members of the population, mutate the best (the one with the lowest
 loss), reject the child if abstract execution finds it invalid, look its canonical hash up in the
 fitness cache (evaluate only on a miss), add it, and remove the oldest member. The population starts
-as copies of the warm-start program (AdamW); after `restart_after` children without a new best it
-restarts as copies of the best program (the best accepted by the funnel, if any).
+as copies of the warm-start program (AdamW); after `restart_after` children without a new best of
+the round it restarts (a new round) as copies of the program that did best on the larger task: the
+best accepted by the funnel, else the best the funnel scored, else the best proxy program. (A proxy
+best that fails the funnel is often over-fitted to the small task; growing from it again stalls.)
 
 Funnel: a child that is the best of its round (since the start or the last restart), beats the
 AdamW proxy loss by `funnel_margin` and improves by `funnel_step` on the round's last entrant is
@@ -220,18 +222,27 @@ class Search:
             population.popleft()
             since_best += 1
             if member.loss < best.loss:
-                best, since_best = member, 0
+                best = member
                 self.log(f"[{time.perf_counter() - started:6.0f}s] child {self.stats.children}: proxy "
                          f"{best.loss:.4f} (AdamW {self.baseline:.4f}), {len(best.program)} statements")
             if member.loss < round_best:
-                round_best = member.loss
+                round_best, since_best = member.loss, 0
                 last_entrant = self._maybe_funnel(member, last_entrant, started)
             if since_best >= self.config.restart_after:
-                source = min(self.accepted, key=lambda a: a.funnel_loss) if self.accepted else None
-                program = source.program if source else best.program
+                program, source = self._restart_program(best)
                 key = analyze(program).hash
                 population = self._seed_population(program, self.cache[key], key)
                 round_best, since_best, last_entrant = self.cache[key], 0, float("inf")
                 self.stats.restarts += 1
-                self.log(f"  restart {self.stats.restarts} from the best {'accepted' if source else 'proxy'} program")
+                self.log(f"  restart {self.stats.restarts} from the {source} program")
         return SearchResult(best, list(self.accepted), self.stats, self.cache, self.programs)
+
+    def _restart_program(self, best: Member) -> tuple[Program, str]:
+        """What a restart grows from: the program that did best on the larger task (accepted by the
+        funnel if any, else the best the funnel scored), else the best proxy program."""
+        if self.accepted:
+            return min(self.accepted, key=lambda a: a.funnel_loss).program, "best accepted"
+        if self.funneled:
+            key = min(self.funneled, key=lambda k: self.funneled[k][0])
+            return self.programs[key], "best funnel-scored"
+        return best.program, "best proxy"
