@@ -1,7 +1,7 @@
 """Search for optimizers the way Lion was found (Chen et al. 2023), on a CPU.
 
     python recipes/discover.py                    # one CPU-hour (--budget-minutes 60)
-    python recipes/discover.py --quick            # about 2 minutes
+    python recipes/discover.py --quick            # about 3 minutes
     python recipes/discover.py --budget-minutes 15 --out runs/discover
 
 Regularized evolution starts from AdamW and scores children on the proxy suite (small MLPs on the
