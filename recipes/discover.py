@@ -45,7 +45,7 @@ PAPER_RATES = "the paper reports 69.8% redundant statements and an 89.1% cache-h
 def arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget-minutes", type=float, default=60.0, help="total wall-clock budget (default 60)")
-    parser.add_argument("--quick", action="store_true", help="a ~2 minute run: short search, reduced funnel and held-out tasks")
+    parser.add_argument("--quick", action="store_true", help="a ~3 minute run: short search, reduced funnel and held-out tasks")
     parser.add_argument("--seed", type=int, default=0, help="seed of the search (default 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; more only adds contention)")
     parser.add_argument("--start", default="adamw", help="warm-start program: a builtin name, program text or a file")
@@ -57,7 +57,7 @@ def arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="folder for results.json and the best programs' text")
     args = parser.parse_args(argv)
     if args.quick:
-        args.budget_minutes = min(args.budget_minutes, 2.0)
+        args.budget_minutes = min(args.budget_minutes, 3.0)
     if not args.budget_minutes > 0:
         parser.error("--budget-minutes must be > 0")
     return args
@@ -75,7 +75,7 @@ def shape_of(program) -> str:
 
 
 def stage_specs(quick: bool = False) -> dict[str, tuple]:
-    """Task specs of each stage; `quick` keeps the whole run near two minutes, and the funnel's
+    """Task specs of each stage; `quick` keeps the whole run near three minutes, and the funnel's
     compute (parameters x steps) still at least 10x the proxy's on each task."""
     if not quick:
         return {"proxy": PROXY, "funnel": FUNNEL, "heldout": (HELDOUT,)}
