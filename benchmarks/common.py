@@ -1,4 +1,4 @@
-"""Shared measurement helpers for the benchmarks: step timing and the memory-bandwidth floor.
+"""Shared helpers for the benchmarks: step timing, the memory-bandwidth floor, state size, tables and plots.
 
 Every number a benchmark prints is a ratio of two times measured in the same run, so results
 carry over between machines: a step's time against the memory floor (the bytes a step must move
@@ -51,6 +51,43 @@ def make_params(total: int, chunk: int = 1 << 20, dtype=torch.float32, seed: int
         param.grad = torch.randn(param.shape, generator=generator).to(dtype)
         params.append(param)
     return params
+
+
+def state_bytes_per_param(optimizer: torch.optim.Optimizer, params) -> float:
+    """Bytes of optimizer state (every tensor in `optimizer.state`, nested dicts too) per parameter."""
+    total = 0
+    for param in params:
+        for value in optimizer.state[param].values():
+            if isinstance(value, torch.Tensor):
+                total += value.numel() * value.element_size()
+            elif isinstance(value, dict):  # bitsandbytes nests its quantized state
+                total += sum(v.numel() * v.element_size() for v in value.values() if isinstance(v, torch.Tensor))
+    return total / sum(p.numel() for p in params)
+
+
+def speed_and_memory_plot(path, title: str, rows: list[tuple[str, float | None, float | None]], ratio_label: str) -> None:
+    """Two bar panels, one bar per contender: a time ratio (`ratio_label`) and state bytes/param."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [name for name, _, _ in rows]
+    figure, (speed_axis, memory_axis) = plt.subplots(1, 2, figsize=(11, 0.45 * len(rows) + 1.6), sharey=True)
+    for axis, values, label in ((speed_axis, [r[1] for r in rows], ratio_label),
+                                (memory_axis, [r[2] for r in rows], "optimizer state, bytes/param")):
+        bars = axis.barh(names, [v or 0.0 for v in values], color="tab:blue")
+        for bar, value in zip(bars, values):
+            axis.annotate("n/a" if value is None else f"{value:.2f}", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                          xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+        axis.set_xlabel(label)
+        axis.grid(axis="x", alpha=0.3)
+    speed_axis.axvline(1.0, color="gray", linestyle="--", linewidth=1)
+    speed_axis.invert_yaxis()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:

@@ -218,7 +218,7 @@ def main() -> None:
     report = "\n".join([
         f"# Convergence: Lion, Lion8bit, Lion4bit, AdamW ({'quick' if args.quick else 'full'} mode)", "",
         f"{machine_line()}. Cosine schedule; AdamW grid (lr, wd) per task, Lion variants at the paper's "
-        f"ratios {ratios} (lr / r, wd * r) of each AdamW point; best point per optimizer. 'momentum quantized': "
+        f"ratios {', '.join(f'{r:g}' for r in ratios)} (lr / r, wd * r) of each AdamW point; best point per optimizer. 'momentum quantized': "
         "share of parameter elements whose state is 8/4-bit (smaller tensors keep full precision).", "",
         *sections,
     ])

@@ -10,8 +10,9 @@ Everything is measured in this run, on the same parameters (1024x1024 fp32 matri
   `Lion8bit` when installed, each the fastest of interleaved rounds (see common.interleaved_seconds);
 * optimizer state bytes per parameter.
 
-Prints a markdown table of ratios (and writes it to outputs/quant_speed.md): step / floor, step /
-fp32 Lion's step, and bitsandbytes' step / ours (how many times faster).
+Prints a markdown table of ratios (and writes it to outputs/quant_speed.md, with a bar plot in
+outputs/quant_speed.png): step / floor, step / fp32 Lion's step, bitsandbytes' step / ours (how many
+times faster), and state bytes/param.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import inplace_add, interleaved_seconds, machine_line, make_params, markdown_table  # noqa: E402
+from common import (  # noqa: E402
+    inplace_add, interleaved_seconds, machine_line, make_params, markdown_table, speed_and_memory_plot, state_bytes_per_param,
+)
 
 from lion_integrations import Lion, Lion4bit, Lion8bit  # noqa: E402
 
@@ -41,17 +44,6 @@ def contenders():
         yield "bitsandbytes Lion8bit", f"not installed ({type(error).__name__})"
         return
     yield "bitsandbytes Lion8bit", lambda p: bitsandbytes.optim.Lion8bit(p, lr=1e-4, weight_decay=0.1)
-
-
-def state_bytes_per_param(optimizer, params) -> float:
-    total = 0
-    for param in params:
-        for value in optimizer.state[param].values():
-            if isinstance(value, torch.Tensor):
-                total += value.numel() * value.element_size()
-            elif isinstance(value, dict):  # bitsandbytes nests its quantized state
-                total += sum(v.numel() * v.element_size() for v in value.values() if isinstance(v, torch.Tensor))
-    return total / sum(p.numel() for p in params)
 
 
 FLOOR = "in-place add (bandwidth probe)"
@@ -83,7 +75,7 @@ def main() -> None:
     parser.add_argument("--params", type=int, default=20_000_000, help="parameters (default 20M)")
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--output", type=Path, default=Path("outputs/quant_speed.md"))
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -117,8 +109,14 @@ def main() -> None:
         markdown_table(header, rows),
     ])
     print(report)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(report + "\n")
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "quant_speed.md").write_text(report + "\n")
+    speed_and_memory_plot(
+        args.output_dir / "quant_speed.png", f"Quantized-momentum Lion, {args.params / 1e6:.0f}M params ({machine_line()})",
+        [(name, result[0] / floor, result[1]) if isinstance(result, tuple) else (name, None, None)
+         for name, result in results.items()],
+        "step time / fp32 Lion memory floor (lower is faster)",
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 
 Prints a markdown table of ratios measured in this run: step time / memory floor, where the floor is
 the bytes an fp32 Lion step must move (read p, g, m; write p, m: 20 bytes a parameter) divided by
-this machine's in-place bandwidth, and step time / the best peer's. Every contender and the
+this machine's in-place bandwidth, and step time / the best peer's; and each optimizer's state bytes
+per parameter. Writes the table to outputs/step_speed.md and a bar plot to outputs/step_speed.png. Every contender and the
 bandwidth probe run in interleaved rounds; each keeps its fastest time. Then the first-step compile time
 of the fused path, cold (empty Inductor cache) and warm (cache from the cold run), in seconds.
 """
@@ -19,10 +20,10 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import inplace_add, interleaved_seconds, machine_line, make_params, markdown_table  # noqa: E402
+from common import (  # noqa: E402
+    inplace_add, interleaved_seconds, machine_line, make_params, markdown_table, speed_and_memory_plot, state_bytes_per_param,
+)
 
 from lion_integrations import Lion  # noqa: E402
 
@@ -53,24 +54,27 @@ def contenders():
 FLOOR = "in-place add (bandwidth probe)"
 
 
-def measure_steps(total: int, rounds: int) -> tuple[dict[str, float | str], float]:
-    """({contender: fastest step seconds, or why it has none}, floor seconds), all in interleaved rounds."""
-    results: dict[str, float | str] = {}
-    steps = {}
+def measure_steps(total: int, rounds: int) -> tuple[dict[str, tuple[float, float] | str], float]:
+    """({contender: (fastest step seconds, state bytes/param), or why it has none}, floor seconds),
+    all timed in interleaved rounds."""
+    results: dict[str, tuple[float, float] | str] = {}
+    steps, states = {}, {}
     for name, factory, reason in contenders():
         if factory is None:
             results[name] = reason
             continue
         try:
-            optimizer = factory(make_params(total))
+            params = make_params(total)
+            optimizer = factory(params)
             optimizer.step()
-            steps[name] = optimizer.step
+            steps[name], states[name] = optimizer.step, state_bytes_per_param(optimizer, params)
         except Exception as error:
             results[name] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:80]}"
     add, add_bytes = inplace_add(total)
     timed = interleaved_seconds({FLOOR: add, **steps}, rounds)
     floor = LION_BYTES_PER_PARAM * total / (add_bytes / timed.pop(FLOOR))
-    return {name: timed.get(name, results.get(name)) for name, _, _ in contenders()}, floor
+    results.update({name: (seconds, states[name]) for name, seconds in timed.items()})
+    return {name: results[name] for name, _, _ in contenders()}, floor
 
 
 COMPILE_PROBE = textwrap.dedent(
@@ -100,31 +104,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=int, default=20_000_000, help="parameters in the model (default 20M)")
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
-    parser.add_argument("--output", type=Path, default=Path("outputs/step_speed.md"))
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs"))
     args = parser.parse_args()
     repeats = 8 if args.quick else 20
 
     steps, floor = measure_steps(args.params, repeats)
-    timed = {name: seconds for name, seconds in steps.items() if isinstance(seconds, float)}
+    timed = {name: result[0] for name, result in steps.items() if isinstance(result, tuple)}
     lion_peers = [s for name, s in timed.items() if not name.startswith("lion_integrations") and "AdamW" not in name]
     best_peer = min(lion_peers) if lion_peers else None
     all_peers = [s for name, s in timed.items() if not name.startswith("lion_integrations")]
 
     rows = []
-    for name, seconds in steps.items():
-        if not isinstance(seconds, float):
-            rows.append([name, "-", "-", "-", seconds])
+    for name, result in steps.items():
+        if not isinstance(result, tuple):
+            rows.append([name, "-", "-", "-", "-", result])
             continue
+        seconds, state = result
         rows.append([
             name,
             f"{seconds / floor:.2f}x",
             f"{seconds / best_peer:.2f}x" if best_peer else "-",
             f"{seconds / min(all_peers):.2f}x" if all_peers else "-",
+            f"{state:.3f}",
             "",
         ])
     cold, warm = measure_compile_seconds()
     fused = timed.get("lion_integrations fused")
-    header = ["optimizer", "step / memory floor", "step / best Lion peer", "step / best peer incl. AdamW", "note"]
+    header = ["optimizer", "step / memory floor", "step / best Lion peer", "step / best peer incl. AdamW",
+              "state bytes/param", "note"]
     report = "\n".join([
         f"# Optimizer step speed, {args.params / 1e6:.0f}M fp32 parameters ({machine_line()})",
         "",
@@ -137,8 +144,14 @@ def main() -> None:
         + (f" (= {cold / fused:.0f} and {warm / fused:.0f} fused steps)" if fused else "") + ".",
     ])
     print(report)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(report + "\n")
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "step_speed.md").write_text(report + "\n")
+    speed_and_memory_plot(
+        args.output_dir / "step_speed.png", f"Optimizer step, {args.params / 1e6:.0f}M fp32 params ({machine_line()})",
+        [(name, result[0] / floor, result[1]) if isinstance(result, tuple) else (name, None, None)
+         for name, result in steps.items()],
+        "step time / memory floor (lower is faster)",
+    )
 
 
 if __name__ == "__main__":

@@ -43,15 +43,14 @@ except ImportError as error:  # pragma: no cover - exercised by a test that hide
     ) from error
 
 import lion_integrations
+from lion_integrations.names import OPTIMIZER_NAMES
 
 logger = logging.getLogger(__name__)
 
 # optim name -> (OptimizerNames member name, class path inside lion_integrations)
 VARIANTS: dict[str, tuple[str, str]] = {
-    "lion": ("LION_INTEGRATIONS", "Lion"),
-    "lion_q8": ("LION_INTEGRATIONS_Q8", "Lion8bit"),
-    "lion_q4": ("LION_INTEGRATIONS_Q4", "Lion4bit"),
-    "lion_discovered": ("LION_INTEGRATIONS_DISCOVERED", "discovery.DiscoveredOptimizer"),
+    name: (f"LION_INTEGRATIONS{suffix}", OPTIMIZER_NAMES[name])
+    for name, suffix in (("lion", ""), ("lion_q8", "_Q8"), ("lion_q4", "_Q4"), ("lion_discovered", "_DISCOVERED"))
 }
 DEFAULT_BETAS = (0.9, 0.99)
 BETA_KEYS = ("beta1", "beta2")
@@ -94,6 +93,8 @@ def parse_optim_args(text: str | None) -> dict[str, str]:
         key, sep, value = entry.partition("=")
         if not sep or not key or "=" in value:
             raise ValueError(f"Invalid optim_args entry {entry!r}: expected key=value pairs separated by commas")
+        if key in options:
+            raise ValueError(f"Invalid optim_args: {key!r} is given twice ({key}={options[key]}, {key}={value})")
         options[key] = value
     return options
 
@@ -207,6 +208,9 @@ def _add_enum_member(enum_cls: type, member_name: str, value: str) -> Any:
     member.__objclass__ = enum_cls
     member._sort_order_ = len(enum_cls._member_names_)
     member.__init__(value)
+    # Pickles (a Trainer checkpoint's training_args.bin) rebuild the member through `registered_name`,
+    # so they load in a process that has not imported us.
+    member.__reduce_ex__ = lambda protocol: (registered_name, (value,))
     type.__setattr__(enum_cls, member_name, member)  # EnumType.__setattr__ refuses member names
     enum_cls._member_map_[member_name] = member
     enum_cls._member_names_.append(member_name)
@@ -288,6 +292,12 @@ def register() -> list[str]:
 
         _route_legacy(Trainer)
     return names
+
+
+def registered_name(value: str) -> Any:
+    """``OptimizerNames(value)`` after `register()`: how pickles of our names are loaded."""
+    register()
+    return OptimizerNames(value)
 
 
 REGISTERED = register()

@@ -30,6 +30,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     ) from error
 
 from .hparams import DEFAULT_RATIO, from_adamw, param_groups
+from .names import OPTIMIZER_NAMES
 from .optimizer import Lion, validate_hyperparameters
 from .schedules import SHAPES, warmup_schedule
 
@@ -48,8 +49,10 @@ _SCHEDULER_LR_SCALARS = ("eta_min", "default_min_lr")
 
 
 def resolve_optimizer_class(optimizer_class: type[Optimizer] | str) -> type[Optimizer]:
-    """An optimizer class, given as a class, a dotted path ('torch.optim.AdamW') or a name exported by
-    `lion_integrations` ('Lion', and the quantized variants once present)."""
+    """An optimizer class, given as a class, a dotted path ('torch.optim.AdamW'), a name exported by
+    `lion_integrations` ('Lion', 'Lion8bit') or one of its short names ('lion', 'lion_q8', as for HF's `optim`)."""
+    if isinstance(optimizer_class, str) and optimizer_class in OPTIMIZER_NAMES:
+        optimizer_class = f"lion_integrations.{OPTIMIZER_NAMES[optimizer_class]}"
     if isinstance(optimizer_class, str):
         module_name, _, name = optimizer_class.rpartition(".")
         try:
@@ -129,8 +132,15 @@ def configure_lion(
     _check_choice(interval, "interval", INTERVALS)
     if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
         raise ValueError(f"Invalid frequency: {frequency!r} (expected an int >= 1)")
-    if scheduler is None and warmup_steps:
-        raise ValueError(f"Invalid warmup_steps: {warmup_steps!r} with scheduler=None (use scheduler='constant' for warmup only)")
+    if not isinstance(scheduler, str):  # options that would be silently ignored
+        unused = [("warmup_steps", warmup_steps, 0), ("total_steps", total_steps, None), ("min_lr_ratio", min_lr_ratio, 0.0)]
+        if scheduler is None:
+            unused += [("interval", interval, "step"), ("frequency", frequency, 1)]
+        for name, value, default in unused:
+            if value != default:
+                purpose = ("configures a scheduler" if name in ("interval", "frequency")
+                           else "shapes scheduler='cosine', 'linear' or 'constant' ('constant' for warmup only)")
+                raise ValueError(f"Invalid {name}: {value!r} with scheduler={scheduler!r} (it {purpose})")
     if isinstance(scheduler, str):
         _check_choice(scheduler, "scheduler", SHAPES)
     elif scheduler is not None and not callable(scheduler):

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 from torch.optim import Optimizer
 
-from .fused import fused_step_, fused_unavailable_reason
+from .fused import fusable, fused_step_, fused_unavailable_reason
 from .rule import LionCoefficients, lion_step_foreach_, lion_step_tensor_
 
 try:
@@ -48,15 +48,23 @@ def as_momentum_dtype(value: Any) -> torch.dtype | None:
 
 def validate_hyperparameters(lr: Any, betas: Any, weight_decay: Any) -> None:
     """Raise ValueError naming the first argument that Lion cannot use."""
-    if not _as_float(lr, "lr") >= 0.0:
-        raise ValueError(f"Invalid lr: {lr!r} (must be >= 0)")
+    if not 0.0 <= _as_float(lr, "lr") < math.inf:
+        raise ValueError(f"Invalid lr: {lr!r} (must be finite and >= 0)")
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"Invalid betas: {betas!r} (expected a pair (beta1, beta2))")
     for index, beta in enumerate(betas):
         if not 0.0 <= _as_float(beta, f"betas[{index}]") < 1.0:
             raise ValueError(f"Invalid betas[{index}]: {beta!r} (must be in [0, 1))")
-    if not _as_float(weight_decay, "weight_decay") >= 0.0:
-        raise ValueError(f"Invalid weight_decay: {weight_decay!r} (must be >= 0)")
+    if not 0.0 <= _as_float(weight_decay, "weight_decay") < math.inf:
+        raise ValueError(f"Invalid weight_decay: {weight_decay!r} (must be finite and >= 0)")
+
+
+def validate_flags(group: dict[str, Any]) -> None:
+    """Raise ValueError for a path flag that is not a bool (or None, for foreach and fused)."""
+    for name, allowed in (("maximize", (False, True)), ("foreach", (None, False, True)), ("fused", (None, False, True))):
+        value = group.get(name)
+        if name in group and not any(value is choice for choice in allowed):
+            raise ValueError(f"Invalid {name}: {value!r} (expected {' or '.join(map(str, allowed))})")
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
@@ -106,6 +114,7 @@ class Lion(Optimizer):
         fused: bool | None = None,
         momentum_dtype: torch.dtype | str | None = None,
     ) -> None:
+        validate_flags(dict(maximize=maximize, foreach=foreach, fused=fused))
         if fused and foreach:
             raise ValueError("Invalid fused=True with foreach=True: choose one execution path")
         defaults = dict(
@@ -124,6 +133,7 @@ class Lion(Optimizer):
         for key in ("lr", "betas", "weight_decay"):
             param_group.setdefault(key, self.defaults[key])
         validate_hyperparameters(param_group["lr"], param_group["betas"], param_group["weight_decay"])
+        validate_flags(param_group)
         if "momentum_dtype" in param_group:
             param_group["momentum_dtype"] = as_momentum_dtype(param_group["momentum_dtype"])
         super().add_param_group(param_group)
@@ -171,13 +181,17 @@ class Lion(Optimizer):
             exp_avgs.append(_local(state["exp_avg"]))
         return params, grads, exp_avgs
 
-    def execution_path(self, group: dict[str, Any], device: torch.device) -> str:
-        """The path ('fused', 'foreach' or 'for-loop') a step of `group` takes on `device`."""
+    def execution_path(self, group: dict[str, Any], device: torch.device, *, any_fusable: bool = True) -> str:
+        """The path ('fused', 'foreach' or 'for-loop') a step of `group` takes on `device`.
+
+        `any_fusable`: whether some tensor is large enough for the fused kernel; when none is,
+        `fused=None` takes the unfused path without compiling anything.
+        """
         if torch.compiler.is_compiling():
             return "foreach"  # the caller's own torch.compile fuses the traced step
         foreach = group["foreach"]
         unfused = "foreach" if (foreach or foreach is None and device.type == "cuda") else "for-loop"
-        if group["fused"] is False:
+        if group["fused"] is False or group["fused"] is None and not any_fusable:
             return unfused
         reason = fused_unavailable_reason(device.type)
         if reason is None:
@@ -216,7 +230,8 @@ class Lion(Optimizer):
             buckets[(param.device, param.dtype, grad.dtype, exp_avg.dtype)].append(index)
         for (device, *_), indices in buckets.items():
             bucket = [[tensors[i] for i in indices] for tensors in (params, grads, exp_avgs)]
-            path = self.execution_path(group, device)
+            any_fusable = any(fusable(param, exp_avg) for param, _, exp_avg in zip(*bucket))
+            path = self.execution_path(group, device, any_fusable=any_fusable)
             if path == "fused":
                 fused_step_(*bucket, coefficients)
             elif path == "foreach":
@@ -234,8 +249,12 @@ class Lion(Optimizer):
             raise ValueError(
                 f"Invalid state_dict: it has {len(saved_groups)} param groups, the optimizer {len(self.param_groups)}"
             )
+        from .quantization.convert import param_label
+
         converted, kept = {}, {}
         for group_index, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if not isinstance(saved, dict) or not isinstance(saved.get("params"), (list, tuple)):
+                raise ValueError(f"Invalid state_dict: param group {group_index} has no 'params' list")
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(
                     f"Invalid state_dict: param group {group_index} has {len(saved['params'])} params, "
@@ -245,11 +264,12 @@ class Lion(Optimizer):
                 saved.get("lr", group["lr"]), saved.get("betas", group["betas"]),
                 saved.get("weight_decay", group["weight_decay"]),
             )
-            for param, param_id in zip(group["params"], saved["params"]):
+            for index, (param, param_id) in enumerate(zip(group["params"], saved["params"])):
                 entry = state_dict["state"].get(param_id)
                 if entry is None:
                     continue
-                entry, keep = self._load_state_entry(param, param_id, entry, group, saved)
+                label = param_label(param_id, saved, index)
+                entry, keep = self._load_state_entry(param, param_id, entry, group, saved, label)
                 converted[param_id] = {key: value for key, value in entry.items() if key not in keep}
                 kept[param] = keep
         super().load_state_dict({**state_dict, "state": {**state_dict["state"], **converted}})
@@ -258,22 +278,22 @@ class Lion(Optimizer):
             for key, value in tensors.items():
                 self.state[param][key] = value.to(device=param.device)
 
-    def _load_state_entry(self, param, param_id, entry, group, saved_group):
+    def _load_state_entry(self, param, param_id, entry, group, saved_group, label):
         """Check the saved state `entry` of `param` and return (entry as this optimizer keeps it,
-        {key: tensor} to keep in its own dtype); ValueError naming the parameter if it does not fit.
+        {key: tensor} to keep in its own dtype); ValueError naming the parameter (`label`) if it does not fit.
 
         The hook through which Lion8bit/Lion4bit keep momentum in a codec. Quantized momentum (theirs,
         or bitsandbytes' state1/qmap1/absmax1) is decoded here, so Lion loads their checkpoints too.
         """
         from .quantization.convert import dequantized_entry
 
-        entry = dequantized_entry(param, param_id, entry, saved_group)
+        entry = dequantized_entry(param, param_id, entry, saved_group, label)
         exp_avg = entry.get("exp_avg") if isinstance(entry, dict) else None
         if not isinstance(exp_avg, torch.Tensor):
-            raise ValueError(f"Invalid state_dict: state of param {param_id} has no 'exp_avg' tensor")
+            raise ValueError(f"Invalid state_dict: state of {label} has no 'exp_avg' tensor")
         if exp_avg.shape != param.shape:
             raise ValueError(
-                f"Invalid state_dict: 'exp_avg' of param {param_id} has shape {tuple(exp_avg.shape)}, "
+                f"Invalid state_dict: 'exp_avg' of {label} has shape {tuple(exp_avg.shape)}, "
                 f"the parameter has shape {tuple(param.shape)}"
             )
         momentum_dtype = as_momentum_dtype(saved_group.get("momentum_dtype"))

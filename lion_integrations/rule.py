@@ -50,6 +50,10 @@ class LionCoefficients:
 
     @classmethod
     def from_group(cls, lr: float, betas: tuple[float, float], weight_decay: float) -> "LionCoefficients":
+        if isinstance(lr, torch.Tensor) and torch.compiler.is_compiling():
+            # Traced into the caller's graph: a tensor lr stays a graph input (as in torch's own
+            # optimizers), so a scheduler's new value neither breaks the graph nor recompiles it.
+            return cls(lr, 1.0 - float(betas[0]), 1.0 - float(betas[1]), 1.0 - lr * float(weight_decay))
         lr = float(lr)
         return cls(lr, 1.0 - float(betas[0]), 1.0 - float(betas[1]), 1.0 - lr * float(weight_decay))
 

@@ -3,7 +3,7 @@
 Offline by default: a tiny GPT-2 built from `GPT2Config` learns character-level text taken from
 Python's own standard-library source (`--text_modules`), so nothing is downloaded.
 
-    python recipes/hf_finetune.py                               # lion vs adamw_torch, about a minute on CPU
+    python recipes/hf_finetune.py                               # lion vs adamw_torch, about 20 s on 2 CPU cores
     python recipes/hf_finetune.py --max_steps 400 --learning_rate 1e-3 --optim_args beta1=0.95,beta2=0.98
     python recipes/hf_finetune.py --optim lion_q8 --optim_args block_size=128 --compare_adamw false
     python recipes/hf_finetune.py --model_name_or_path gpt2 --learning_rate 1e-4 --block_size 128 \\

@@ -224,8 +224,8 @@ def plot(runs: dict[str, dict[str, list[tuple[int, float]]]], path: Path, smooth
         train_axis.plot(steps, losses, color=line.get_color(), alpha=0.2, linewidth=0.8)
         val_axis.plot(*zip(*series["val_loss"]), marker="o", markersize=3, label=name)
         acc_axis.plot(*zip(*series["val_acc"]), marker="o", markersize=3, label=name)
-    for axis, title in ((train_axis, "training loss"), (val_axis, "validation loss"), (acc_axis, "validation accuracy")):
-        axis.set_title(title)
+    for axis, axis_title in ((train_axis, "training loss"), (val_axis, "validation loss"), (acc_axis, "validation accuracy")):
+        axis.set_title(axis_title)
         axis.set_xlabel("optimizer step")
         axis.grid(alpha=0.3)
         axis.legend()

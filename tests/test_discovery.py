@@ -111,6 +111,7 @@ def test_nested_expressions_flatten_to_the_same_data_flow():
         ("return update, m, v\nupdate = g", "must be the last"),
         ("", "expected program text"),
         ("update = sign(g) * lr; sign = g * 2.0", "invalid target name 'sign'"),
+        ("_op_sign = g * 2.0\nupdate = sign(_op_sign) * lr", "invalid target name '_op_sign'"),
     ],
 )
 def test_bad_program_text_raises_value_error_naming_the_problem(text, message):
@@ -308,6 +309,13 @@ def test_simplify_removes_known_redundancy_exactly():
     nested = parse("update = (g - m) - (w - lr)")
     assert shortest_text(nested) == "update = g - m - (w - lr)"  # parentheses only where they matter
     assert program_hash(parse(shortest_text(nested))) == program_hash(nested)
+
+
+@pytest.mark.parametrize("copy", ["g * 1.0", "1.0 * g", "g / 1.0", "g - 0.0", "interp(g, g, 0.3)", "max(g, g)", "min(g, g)"])
+def test_simplify_removes_statements_that_copy_an_argument(copy):
+    redundant = parse(f"t = {copy}\nupdate = sign(interp(t, m, 0.9)) * lr\nm = interp(g, m, 0.99)")
+    assert program_hash(redundant) == program_hash(LION)
+    assert shortest_text(simplify(redundant)) == "update = sign(interp(g, m, 0.9)) * lr\nm = interp(g, m, 0.99)"
 
 
 def test_simplify_with_a_task_keeps_only_statements_and_digits_that_matter():

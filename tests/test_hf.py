@@ -69,8 +69,8 @@ def test_lion_is_a_real_optimizer_names_member():
     member = OptimizerNames("lion")
     assert member is OptimizerNames.LION_INTEGRATIONS is OptimizerNames["LION_INTEGRATIONS"]
     assert member in list(OptimizerNames) and member == "lion" and member.value == "lion"
-    # Built like a declared member: same attributes as a native one.
-    assert sorted(vars(member)) == sorted(vars(OptimizerNames.SGD))
+    # Built like a declared member: same attributes as a native one (plus how it pickles).
+    assert sorted(vars(member).keys() - {"__reduce_ex__"}) == sorted(vars(OptimizerNames.SGD))
     assert TrainingArguments(output_dir="unused", optim="lion", report_to="none").optim is member
 
 
@@ -204,6 +204,7 @@ def test_optim_args_set_betas_and_options(tmp_path):
         ("beta2=1.5", r"beta2='1.5'.*\[0, 1\)"),
         ("fused=maybe", r"fused='maybe'.*true or false"),
         ("momentum_dtype=int8", r"momentum_dtype"),
+        ("beta1=0.9,beta1=0.8", r"'beta1' is given twice \(beta1=0.9, beta1=0.8\)"),
     ],
 )
 def test_bad_optim_args_are_clear_errors(tmp_path, optim_args, message):
@@ -217,6 +218,18 @@ def test_bad_optim_args_are_clear_errors(tmp_path, optim_args, message):
 def test_malformed_optim_args_entry(text):
     with pytest.raises(ValueError, match="expected key=value"):
         hf.parse_optim_args(text)
+
+
+def test_saved_training_args_load_in_a_process_that_never_imported_us(tmp_path):
+    """Trainer checkpoints keep TrainingArguments in training_args.bin (a pickle)."""
+    path = tmp_path / "training_args.bin"
+    torch.save(TrainingArguments(output_dir=str(tmp_path), optim="lion_q8", report_to=[]), path)
+    code = (
+        "import sys, torch; args = torch.load(sys.argv[1], weights_only=False); "
+        "print(type(args.optim).__name__, args.optim.value)"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["OptimizerNames", "lion_q8"]
 
 
 def test_bad_optim_name_is_a_clear_error():
@@ -442,7 +455,7 @@ def assert_two_replicas_trained_with_lion(tmp_path) -> None:
 
 @pytest.mark.multiprocess
 def test_runner_under_torchrun(stock_script, tmp_path, torchrun):
-    result = torchrun("-m", "lion_integrations.run", stock_script, *script_args(tmp_path, 3))
+    torchrun("-m", "lion_integrations.run", stock_script, *script_args(tmp_path, 3))
     assert_two_replicas_trained_with_lion(tmp_path)
 
 

@@ -1,7 +1,6 @@
 """AdamW-to-Lion translation and the decay/no-decay parameter grouping."""
 
 import pytest
-import torch
 from torch import nn
 
 from lion_integrations import Lion

@@ -218,6 +218,11 @@ def test_configure_lion_optimizer_class_and_callable_scheduler():
     assert config["lr_scheduler"]["interval"] == "epoch" and config["lr_scheduler"]["name"] == "step"
     assert config["lr_scheduler"]["frequency"] == 1
     assert resolve_optimizer_class("torch.optim.AdamW") is torch.optim.AdamW
+    from lion_integrations import Lion4bit, Lion8bit
+    from lion_integrations.discovery import DiscoveredOptimizer
+
+    short_names = {"lion": Lion, "lion_q8": Lion8bit, "lion_q4": Lion4bit, "lion_discovered": DiscoveredOptimizer}
+    assert {name: resolve_optimizer_class(name) for name in short_names} == short_names  # HF's optim names
 
 
 @pytest.mark.parametrize(
@@ -231,6 +236,10 @@ def test_configure_lion_optimizer_class_and_callable_scheduler():
         ({"scheduler": "cosine", "interval": "batch"}, ValueError, "Invalid interval: 'batch'"),
         ({"scheduler": "cosine", "frequency": 0}, ValueError, "Invalid frequency: 0"),
         ({"warmup_steps": 10}, ValueError, "Invalid warmup_steps: 10 with scheduler=None"),
+        ({"min_lr_ratio": 0.1}, ValueError, "Invalid min_lr_ratio: 0.1 with scheduler=None"),
+        ({"frequency": 2}, ValueError, "Invalid frequency: 2 with scheduler=None"),
+        ({"scheduler": lambda optimizer: sched.StepLR(optimizer, 1), "total_steps": 3}, ValueError,
+         r"Invalid total_steps: 3 with scheduler=<function"),
         ({"scheduler": "cosine"}, ValueError, "Invalid total_steps: None needs the module attached to a Trainer"),
         ({"scheduler": "linear", "total_steps": 5, "warmup_steps": 6}, ValueError, "Invalid warmup_steps: 6"),
         ({"optimizer_class": "NoSuchLion"}, ValueError, "Invalid optimizer_class: 'NoSuchLion'"),

@@ -228,6 +228,7 @@ def test_fused_path_sends_small_tensors_to_the_unfused_rule(monkeypatch):
     monkeypatch.setattr(fused_module, "MIN_FUSED_NUMEL", 1000)
     kernel_sizes = []
     real_kernel = fused_module.compiled_step()
+    assert fused_module.fused_unavailable_reason("cpu") is None  # the probe's own call, before the spy
 
     def spy(param, grad, exp_avg, scalars):
         kernel_sizes.append(param.numel())
@@ -247,27 +248,54 @@ def test_fused_path_sends_small_tensors_to_the_unfused_rule(monkeypatch):
         torch.testing.assert_close(p, q)
 
 
-def test_step_inside_a_user_compiled_training_step_matches_eager():
+@pytest.mark.parametrize("lr_kind", ["float", "tensor"])
+def test_step_inside_a_user_compiled_training_step_matches_eager(lr_kind):
+    """A scheduler changes lr every step; with a tensor lr (as for torch's optimizers) the traced
+    step is one graph after the first (state-creating) call: no .item() break, no recompile."""
+    from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
+
     def train(compiled: bool):
         torch.manual_seed(0)
+        torch._dynamo.reset()
         model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 1))
-        optimizer = Lion(model.parameters(), lr=1e-2, weight_decay=0.1)
+        lr = torch.tensor(1e-2) if lr_kind == "tensor" else 1e-2
+        optimizer = Lion(model.parameters(), lr=lr, weight_decay=0.1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
         inputs, targets = torch.randn(16, 5), torch.randn(16, 1)
-
-        def train_step():
+        counter = CompileCounter()
+        step = torch.compile(optimizer.step, backend=counter) if compiled else optimizer.step
+        for _ in range(8):
             optimizer.zero_grad()
-            loss = nn.functional.mse_loss(model(inputs), targets)
-            loss.backward()
-            optimizer.step()
-            return loss
-
-        step = torch.compile(train_step) if compiled else train_step
-        for _ in range(4):
+            nn.functional.mse_loss(model(inputs), targets).backward()
             step()
-        return [p.detach() for p in model.parameters()]
+            scheduler.step()
+        return [p.detach() for p in model.parameters()], counter.frame_count
 
-    for eager, compiled in zip(train(False), train(True)):
-        torch.testing.assert_close(compiled, eager)
+    counters.clear()
+    (eager, _), (compiled, frames) = train(False), train(True)
+    for expected, actual in zip(eager, compiled):
+        torch.testing.assert_close(actual, expected)
+    if lr_kind == "tensor":
+        assert frames <= 2
+        # (the scheduler's step-counting wrapper around optimizer.step is a graph break of torch's own)
+        assert not [reason for reason in counters["graph_break"] if "item()" in reason]
+
+
+def test_fused_none_compiles_nothing_when_every_tensor_is_small(monkeypatch):
+    monkeypatch.setattr(fused_module, "MIN_FUSED_NUMEL", 1000)
+    probed = []
+    monkeypatch.setattr(optimizer_module, "fused_unavailable_reason", lambda device_type: probed.append(device_type))
+    small = nn.Parameter(torch.randn(10, 10))
+    optimizer = Lion([small], lr=0.1)
+    small.grad = torch.randn_like(small)
+    optimizer.step()
+    assert probed == []
+    large = nn.Parameter(torch.randn(40, 40))
+    large.grad = torch.randn_like(large)
+    optimizer.add_param_group({"params": [large]})
+    optimizer.step()
+    assert probed == ["cpu"]
 
 
 def test_fused_none_falls_back_with_one_warning_and_fused_true_raises(monkeypatch):
@@ -298,6 +326,11 @@ def test_fused_none_falls_back_with_one_warning_and_fused_true_raises(monkeypatc
         (dict(betas=(0.9,)), r"Invalid betas: \(0.9,\)"),
         (dict(weight_decay=-0.5), r"Invalid weight_decay: -0.5"),
         (dict(lr="fast"), r"Invalid lr: 'fast'"),
+        (dict(lr=float("inf")), r"Invalid lr: inf \(must be finite"),
+        (dict(weight_decay=float("inf")), r"Invalid weight_decay: inf"),
+        (dict(maximize="yes"), r"Invalid maximize: 'yes'"),
+        (dict(fused="no"), r"Invalid fused: 'no' \(expected None or False or True\)"),
+        (dict(foreach=1), r"Invalid foreach: 1"),
         (dict(fused=True, foreach=True), r"fused=True with foreach=True"),
         (dict(momentum_dtype=torch.int8), r"Invalid momentum_dtype: torch.int8"),
     ],
@@ -338,9 +371,22 @@ def test_mismatched_state_dict_is_rejected_and_changes_nothing():
         target.load_state_dict(bad_lr)
     with pytest.raises(ValueError, match="2 param groups"):
         target.load_state_dict({"state": {}, "param_groups": [before["param_groups"][0]] * 2})
+    with pytest.raises(ValueError, match="param group 0 has no 'params' list"):
+        target.load_state_dict({"state": {}, "param_groups": [{"lr": 0.1}]})
     after = target.state_dict()
     assert after["param_groups"] == before["param_groups"]
     assert torch.equal(after["state"][0]["exp_avg"], before["state"][0]["exp_avg"])
+
+
+def test_state_dict_errors_name_the_parameter_of_named_groups():
+    model = nn.Linear(3, 2)
+    optimizer = Lion(model.named_parameters(), fused=False)
+    model.weight.grad, model.bias.grad = torch.ones(2, 3), torch.ones(2)
+    optimizer.step()
+    saved = copy.deepcopy(optimizer.state_dict())
+    saved["state"][1]["exp_avg"] = torch.zeros(5)
+    with pytest.raises(ValueError, match=r"'exp_avg' of param 1 \('bias'\) has shape \(5,\)"):
+        optimizer.load_state_dict(saved)
 
 
 @pytest.mark.cuda

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import io
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from torch import nn
 from lion_integrations import Lion, Lion4bit, Lion8bit
 from lion_integrations.quantization import codec
 from lion_integrations.quantization.codec import dequantize_blockwise, quantize_blockwise, quantized_shapes
-from lion_integrations.quantization.kernel import compiled_quantized_step, step_quantized_param_
+from lion_integrations.quantization.kernel import step_quantized_param_
 from lion_integrations.rule import LionCoefficients
 
 CLASSES = {8: Lion8bit, 4: Lion4bit}
@@ -496,7 +495,9 @@ def assert_same_state(before, after):
          r"param 0 \(shape \(64, 96\)\) .* 'exp_avg_absmax' of shape \(64, 0\); bits=8, block_size=256 need"),
         (lambda sd: sd["state"][0].update(exp_avg_codes=sd["state"][0]["exp_avg_codes"].float()),
          r"param 0 has 'exp_avg_codes' of dtype torch.float32"),
-        (lambda sd: [g.pop("bits") for g in sd["param_groups"]], r"param 0 has quantized momentum but its param group"),
+        (lambda sd: [g.pop("bits") for g in sd["param_groups"]], r"param 0 has quantized momentum whose param group gives bits=None"),
+        (lambda sd: sd["state"][0]["exp_avg_absmax"].view(-1)[3].fill_(float("nan")),
+         r"param 0 has 'exp_avg_absmax' values that are negative, inf or NaN"),
         (lambda sd: sd["state"][2].update(exp_avg=torch.zeros(10)), r"'exp_avg' of param 2 has shape \(10,\)"),
         (lambda sd: sd["state"][0].pop("exp_avg_codes"), r"state of param 0 has no momentum"),
         (lambda sd: sd["param_groups"][0].update(lr=-1.0), r"Invalid lr: -1.0"),

@@ -45,7 +45,8 @@ def test_dcp_checkpoint_reshards_2_to_1_to_2_and_continues_exactly(torchrun, tmp
     assert saved["quantized_dtypes"] == ["torch.float32", "torch.uint8"]
     torchrun(worker, "reshard", "load1", tmp_path, tmp_path / "load1.json", nproc=1)
     loaded = report_of(tmp_path, "load1.json")
-    assert loaded["world"] == 1 and loaded["state_equals_saved"] and loaded["trained_on"]
+    assert loaded["world"] == 1 and loaded["state_equals_saved"]
+    assert loaded["differ_after_resume"] <= 0.01 < loaded["differ_without_momentum"], loaded
     torchrun(worker, "reshard", "resume2", tmp_path, tmp_path / "resume2.json", nproc=2)
     assert report_of(tmp_path, "resume2.json")["equals_uninterrupted"]
 
@@ -63,8 +64,9 @@ def test_accelerate_ddp_keeps_ranks_identical(torchrun, tmp_path, bits):
     assert report["max_difference_vs_single_process"] <= 0.02
 
 
-def test_zero_redundancy_optimizer_wraps_lion8bit(torchrun, tmp_path):
-    torchrun(WORKERS / "quant_ddp.py", "zero", 8, tmp_path, tmp_path / "report.json")
+@pytest.mark.parametrize("bits", [8, 4])
+def test_zero_redundancy_optimizer_wraps_quantized_lion(torchrun, tmp_path, bits):
+    torchrun(WORKERS / "quant_ddp.py", "zero", bits, tmp_path, tmp_path / "report.json")
     report = report_of(tmp_path, "report.json")
     assert report["zero_vs_plain"] == 0.0
     assert report["local_state_params"] < report["total_params"]  # partitioned

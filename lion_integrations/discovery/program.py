@@ -98,8 +98,9 @@ def check(program: Program) -> None:
                     raise ValueError(f"statement {index} reads {arg!r} before it is assigned")
             elif not isinstance(arg, (int, float)) or isinstance(arg, bool) or not math.isfinite(arg):
                 raise ValueError(f"statement {index}: argument {arg!r} is not a variable or a finite number")
-        if not statement.target.isidentifier() or keyword.iskeyword(statement.target) or statement.target in RESERVED:
-            raise ValueError(f"statement {index}: invalid target name {statement.target!r}")
+        target = statement.target
+        if not target.isidentifier() or keyword.iskeyword(target) or target in RESERVED or target.startswith("_"):
+            raise ValueError(f"statement {index}: invalid target name {target!r} (names are identifiers not starting with '_')")
         defined.add(statement.target)
     if len(program.outputs) != 3:
         raise ValueError(f"a program returns 3 values (update, m, v), got {len(program.outputs)}")

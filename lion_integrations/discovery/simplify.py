@@ -4,7 +4,8 @@
 `tolerance` (relative) of the starting loss:
 
 1. `prune`: drop statements that abstract execution finds dead or without effect.
-2. Copy propagation and constant folding (``x = y + 0.0`` and all-constant statements disappear).
+2. Copy propagation and constant folding (``x = y + 0.0``, ``x = y * 1.0`` and all-constant
+   statements disappear).
 3. Low-effect statements (needs `evaluate`): delete a statement, or replace it by a copy of one of
    its arguments (``update = clip(update, 5.0)`` -> nothing), when the loss stays within tolerance
    (sweeps from the last statement to the first, at most `max_sweeps`; evaluations cached by hash).
@@ -41,27 +42,25 @@ def _without(statements: list[Statement], index: int, value) -> list[Statement]:
 
 
 def propagate(program: Program) -> Program:
-    """Remove copies (``x = y + 0.0``) and all-constant statements by substituting their value into
-    the readers; a substitution is kept only when the canonical hash is unchanged."""
+    """Remove copies (statements equal to one of their arguments: ``x = y + 0.0``, ``y * 1.0``,
+    ``interp(y, y, c)``, ...) and all-constant statements by substituting that argument or the value
+    into the readers; a substitution is kept only when the canonical hash is unchanged."""
     key = analyze(program).hash
     index = 0
     while index < len(program):
         statement = program.statements[index]
-        variables = [a for a in statement.args if isinstance(a, str)]
-        value = None
-        if not variables:
-            value = fold(OPS[statement.op], list(statement.args))
-        elif statement.op == "add" and 0.0 in statement.args and len(variables) == 1:
-            value = variables[0]
-        if value is not None:
+        variables = list(dict.fromkeys(a for a in statement.args if isinstance(a, str)))
+        values = variables if variables else [fold(OPS[statement.op], list(statement.args))]
+        for value in values:  # the statement may compute one of its arguments: y * 1.0, max(y, y), ...
             try:
                 candidate = Program(tuple(_without(list(program.statements), index, value)), program.outputs)
             except ValueError:
-                candidate = None
-            if candidate is not None and analyze(candidate).hash == key:
-                program = candidate
                 continue
-        index += 1
+            if analyze(candidate).hash == key:
+                program = candidate
+                break
+        else:
+            index += 1
     return program
 
 

@@ -100,8 +100,8 @@ def saved_codec(label: str, saved_group: dict[str, Any]) -> tuple[int, int]:
     bits, block_size = saved_group.get("bits"), saved_group.get("block_size")
     if bits not in (4, 8) or not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
         raise ValueError(
-            f"Invalid state_dict: {label} has quantized momentum but its param group does not say how it "
-            f"was encoded (bits={bits!r}, block_size={block_size!r})"
+            f"Invalid state_dict: {label} has quantized momentum whose param group gives bits={bits!r}, "
+            f"block_size={block_size!r} (supported: bits 8 or 4, block_size an int >= 1)"
         )
     return bits, block_size
 
@@ -121,6 +121,9 @@ def check_quantized_shapes(label: str, param, codes, absmax, bits: int, block_si
             f"Invalid state_dict: {label} has {CODES!r} of dtype {codes.dtype} and {ABSMAX!r} of dtype "
             f"{absmax.dtype} (expected {CODES_DTYPE} and a floating dtype)"
         )
+    local_absmax = absmax.to_local() if isinstance(absmax, DTensor) else absmax
+    if not bool((torch.isfinite(local_absmax) & (local_absmax >= 0)).all()):
+        raise ValueError(f"Invalid state_dict: {label} has {ABSMAX!r} values that are negative, inf or NaN")
 
 
 def decode_momentum(param, codes, absmax, bits: int, block_size: int) -> torch.Tensor:

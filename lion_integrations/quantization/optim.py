@@ -25,7 +25,6 @@ from .convert import (
     is_quantized_entry,
     local_like,
     local_shape,
-    param_label,
     saved_codec,
     wrap_like,
 )
@@ -151,8 +150,7 @@ class QuantizedLion(Lion):
     # --- The step. ---------------------------------------------------------------------------------
 
     def _quantized_path(self, group: dict[str, Any], device: torch.device) -> str:
-        path = self.execution_path(group, device)
-        if path != "fused":
+        if torch.compiler.is_compiling() or group["fused"] is False:
             return "for-loop"  # there is no multi-tensor variant of the codec: per tensor, eagerly
         reason = quantized_fused_unavailable_reason(device.type, group["bits"])
         if reason is None:
@@ -203,12 +201,9 @@ class QuantizedLion(Lion):
         for group, config in zip(self.param_groups, codec_config):
             group.update(config)
 
-    def _load_state_entry(self, param, param_id, entry, group, saved_group):
-        index = next((i for i, p in enumerate(group["params"]) if p is param), None)
-        label = param_label(param_id, saved_group, index)
+    def _load_state_entry(self, param, param_id, entry, group, saved_group, label):
         if not self.is_quantized(param, group):
-            entry = dequantized_entry(param, param_id, entry, saved_group, label)
-            return super()._load_state_entry(param, param_id, entry, group, saved_group)
+            return super()._load_state_entry(param, param_id, entry, group, saved_group, label)
         bits, block_size = group["bits"], group["block_size"]
         if is_quantized_entry(entry) and "exp_avg" not in entry:
             saved_bits, saved_block_size = saved_codec(label, saved_group)
