@@ -90,6 +90,16 @@ def speed_and_memory_plot(path, title: str, rows: list[tuple[str, float | None, 
     plt.close(figure)
 
 
+def write_speed_report(output_dir, stem: str, report: str, title: str, results: dict, floor: float, ratio_label: str) -> None:
+    """Print `report` and write it to output_dir/stem.md, and the bars of `results` ({name: (step
+    seconds, state bytes/param), or why it has none}; times as ratios to `floor`) to output_dir/stem.png."""
+    print(report)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / f"{stem}.md").write_text(report + "\n")
+    rows = [(name, r[0] / floor, r[1]) if isinstance(r, tuple) else (name, None, None) for name, r in results.items()]
+    speed_and_memory_plot(output_dir / f"{stem}.png", title, rows, ratio_label)
+
+
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    inplace_add, interleaved_seconds, machine_line, make_params, markdown_table, speed_and_memory_plot, state_bytes_per_param,
+    inplace_add, interleaved_seconds, machine_line, make_params, markdown_table, state_bytes_per_param, write_speed_report,
 )
 
 from lion_integrations import Lion, Lion4bit, Lion8bit  # noqa: E402
@@ -108,14 +108,9 @@ def main() -> None:
         "",
         markdown_table(header, rows),
     ])
-    print(report)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "quant_speed.md").write_text(report + "\n")
-    speed_and_memory_plot(
-        args.output_dir / "quant_speed.png", f"Quantized-momentum Lion, {args.params / 1e6:.0f}M params ({machine_line()})",
-        [(name, result[0] / floor, result[1]) if isinstance(result, tuple) else (name, None, None)
-         for name, result in results.items()],
-        "step time / fp32 Lion memory floor (lower is faster)",
+    write_speed_report(
+        args.output_dir, "quant_speed", report, f"Quantized-momentum Lion, {args.params / 1e6:.0f}M params ({machine_line()})",
+        results, floor, "step time / fp32 Lion memory floor (lower is faster)",
     )
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    inplace_add, interleaved_seconds, machine_line, make_params, markdown_table, speed_and_memory_plot, state_bytes_per_param,
+    inplace_add, interleaved_seconds, machine_line, make_params, markdown_table, state_bytes_per_param, write_speed_report,
 )
 
 from lion_integrations import Lion  # noqa: E402
@@ -143,14 +143,9 @@ def main() -> None:
         f"Fused first-step compile: {cold:.1f} s cold, {warm:.1f} s with the on-disk cache"
         + (f" (= {cold / fused:.0f} and {warm / fused:.0f} fused steps)" if fused else "") + ".",
     ])
-    print(report)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "step_speed.md").write_text(report + "\n")
-    speed_and_memory_plot(
-        args.output_dir / "step_speed.png", f"Optimizer step, {args.params / 1e6:.0f}M fp32 params ({machine_line()})",
-        [(name, result[0] / floor, result[1]) if isinstance(result, tuple) else (name, None, None)
-         for name, result in steps.items()],
-        "step time / memory floor (lower is faster)",
+    write_speed_report(
+        args.output_dir, "step_speed", report, f"Optimizer step, {args.params / 1e6:.0f}M fp32 params ({machine_line()})",
+        steps, floor, "step time / memory floor (lower is faster)",
     )
 
 
