@@ -248,8 +248,31 @@ def test_fused_path_sends_small_tensors_to_the_unfused_rule(monkeypatch):
         torch.testing.assert_close(p, q)
 
 
+def test_step_inside_a_user_compiled_training_step_matches_eager():
+    def train(compiled: bool):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 1))
+        optimizer = Lion(model.parameters(), lr=1e-2, weight_decay=0.1)
+        inputs, targets = torch.randn(16, 5), torch.randn(16, 1)
+
+        def train_step():
+            optimizer.zero_grad()
+            loss = nn.functional.mse_loss(model(inputs), targets)
+            loss.backward()
+            optimizer.step()
+            return loss
+
+        step = torch.compile(train_step) if compiled else train_step
+        for _ in range(4):
+            step()
+        return [p.detach() for p in model.parameters()]
+
+    for eager, compiled in zip(train(False), train(True)):
+        torch.testing.assert_close(compiled, eager)
+
+
 @pytest.mark.parametrize("lr_kind", ["float", "tensor"])
-def test_step_inside_a_user_compiled_training_step_matches_eager(lr_kind):
+def test_user_compiled_step_with_a_scheduler(lr_kind):
     """A scheduler changes lr every step; with a tensor lr (as for torch's optimizers) the traced
     step is one graph after the first (state-creating) call: no .item() break, no recompile."""
     from torch._dynamo.testing import CompileCounter
