@@ -11,19 +11,22 @@ Registers ``optim="lion"`` (see `lion_integrations.hf`), then runs the script as
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import runpy
 import sys
 
 USAGE = "usage: python -m lion_integrations.run (SCRIPT.py | -m MODULE) [ARGS...]"
 
-# The script's globals, kept until the process exits as they would be under `python SCRIPT.py`:
-# freeing them when runpy returns runs destructors (process groups, DDP, loaders) too early and can hang.
+# The script's globals, kept until its process group is destroyed: freeing them as soon as runpy
+# returns runs destructors (process groups, DDP, loaders) too early and can hang.
 script_globals: dict = {}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Register the Hugging Face names, then run the script or module given in `argv` as __main__."""
+def main(argv: list[str] | None = None) -> bool:
+    """Register the Hugging Face names, then run the script or module given in `argv` as __main__;
+    returns whether the script ran in a torch.distributed process group."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help") or argv == ["-m"]:
         stream = sys.stdout if argv and argv[0] in ("-h", "--help") else sys.stderr
@@ -49,16 +52,33 @@ def main(argv: list[str] | None = None) -> None:
         sys.argv = [script, *args]
         sys.path[0] = os.path.dirname(os.path.abspath(script))
         script_globals.update(runpy.run_path(script, run_name="__main__"))
-    close_process_group()
+    distributed = close_process_group()
+    # Then free what the script built (trainer, DDP model, loaders) while torch is whole.
+    script_globals.clear()
+    gc.collect()
+    return distributed
 
 
-def close_process_group() -> None:
-    """Destroy a process group the script left open, so its threads are joined before the interpreter
-    exits (left to exit, gloo's threads can abort the process: "terminate called without an active exception")."""
+def close_process_group() -> bool:
+    """Destroy a process group the script left open (joining its threads before anything it served
+    is freed); returns whether there was one."""
     distributed = sys.modules.get("torch.distributed")
     if distributed is not None and distributed.is_available() and distributed.is_initialized():
         distributed.destroy_process_group()
+        return True
+    return False
+
+
+def exit_without_teardown() -> None:
+    """End a finished distributed run as the interpreter would, minus the teardown of C++ objects:
+    there, torch's threads can abort a process whose work is done ("terminate called without an
+    active exception"), and the launcher then reports the run as failed."""
+    atexit._run_exitfuncs()  # the script's and the libraries' exit handlers (logging, trackers) still run
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
-    main()
+    if main():
+        exit_without_teardown()

@@ -354,7 +354,7 @@ def test_trainer_runs_a_discovered_program_by_name(tmp_path):
 # --- runner -----------------------------------------------------------------------------------
 
 STOCK_SCRIPT = """\
-import json, os, sys
+import atexit, json, os, sys
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, HfArgumentParser, Trainer, TrainingArguments
 from stock_helper import EXAMPLES  # next to this script: sys.path[0] must be the script's folder
@@ -375,6 +375,8 @@ result = dict(
 os.makedirs(args.output_dir, exist_ok=True)
 with open(os.path.join(args.output_dir, f"result-{args.process_index}.json"), "w") as file:
     json.dump(result, file)
+# An exit handler, as trackers and loggers register: it must still run when the process ends.
+atexit.register(lambda: open(os.path.join(args.output_dir, f"exited-{args.process_index}"), "w").close())
 """
 
 HELPER = """\
@@ -451,6 +453,7 @@ def assert_two_replicas_trained_with_lion(tmp_path) -> None:
     assert {(o["name"], o["optim"], o["cls"]) for o in outcomes} == {expected}
     # DDP with Lion keeps the replicas identical.
     assert outcomes[0]["checksum"] == outcomes[1]["checksum"]
+    assert sorted(path.name for path in (tmp_path / "out").glob("exited-*")) == ["exited-0", "exited-1"]
 
 
 @pytest.mark.multiprocess
