@@ -26,7 +26,8 @@ script_globals: dict = {}
 
 def main(argv: list[str] | None = None) -> bool:
     """Register the Hugging Face names, then run the script or module given in `argv` as __main__;
-    returns whether the script ran in a torch.distributed process group."""
+    returns whether it ran as one rank of a distributed run (a process group, or a launcher's
+    WORLD_SIZE > 1)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help") or argv == ["-m"]:
         stream = sys.stdout if argv and argv[0] in ("-h", "--help") else sys.stderr
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> bool:
         sys.argv = [script, *args]
         sys.path[0] = os.path.dirname(os.path.abspath(script))
         script_globals.update(runpy.run_path(script, run_name="__main__"))
-    distributed = close_process_group()
+    distributed = close_process_group() or os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1")
     # Then free what the script built (trainer, DDP model, loaders) while torch is whole.
     script_globals.clear()
     gc.collect()
