@@ -206,6 +206,7 @@ def main(argv=None) -> dict:
         (args.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         torch.save([p.detach().cpu() for p in unwrapped.parameters()], args.output_dir / "final_weights.pt")
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # destroys the process group before the interpreter's teardown
     return metrics
 
 
