@@ -67,6 +67,22 @@ def validate_flags(group: dict[str, Any]) -> None:
             raise ValueError(f"Invalid {name}: {value!r} (expected {' or '.join(map(str, allowed))})")
 
 
+def fallback_path(owner: str, kernel: str, group: dict[str, Any], device_type: str, reason: str, unfused: str,
+                  warned: set[str]) -> str:
+    """`unfused`, when `owner`'s compiled `kernel` cannot run on `device_type` (for `reason`): raises
+    for ``fused=True``; for ``fused=None`` warns once per device type (recorded in `warned`)."""
+    if group["fused"]:
+        raise RuntimeError(f"{owner}(fused=True) cannot run on {device_type}: {reason}")
+    if device_type not in warned:
+        warned.add(device_type)
+        warnings.warn(
+            f"lion_integrations.{owner}: {kernel} unavailable on {device_type} ({reason}); using the {unfused} path",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return unfused
+
+
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     """The shard a DTensor holds on this rank; the rule is elementwise, so it runs on shards."""
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
@@ -196,17 +212,7 @@ class Lion(Optimizer):
         reason = fused_unavailable_reason(device.type)
         if reason is None:
             return "fused"
-        if group["fused"]:
-            raise RuntimeError(f"Lion(fused=True) cannot run on {device.type}: {reason}")
-        if device.type not in _warned_fallback:
-            _warned_fallback.add(device.type)
-            warnings.warn(
-                f"lion_integrations.Lion: fused path unavailable on {device.type} ({reason}); "
-                f"using the {unfused} path",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        return unfused
+        return fallback_path("Lion", "fused path", group, device.type, reason, unfused, _warned_fallback)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):

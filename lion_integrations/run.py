@@ -19,11 +19,6 @@ import sys
 
 USAGE = "usage: python -m lion_integrations.run (SCRIPT.py | -m MODULE) [ARGS...]"
 
-# The script's globals, kept until its process group is destroyed: freeing them as soon as runpy
-# returns runs destructors (process groups, DDP, loaders) too early and can hang.
-script_globals: dict = {}
-
-
 def main(argv: list[str] | None = None) -> bool:
     """Register the Hugging Face names, then run the script or module given in `argv` as __main__;
     returns whether it ran as one rank of a distributed run (a process group, or a launcher's
@@ -48,13 +43,14 @@ def main(argv: list[str] | None = None) -> bool:
     register()
     if argv[0] == "-m":
         sys.argv = [module, *args]  # run_module replaces argv[0] with the module's path
-        script_globals.update(runpy.run_module(module, run_name="__main__", alter_sys=True))
+        script_globals = runpy.run_module(module, run_name="__main__", alter_sys=True)
     else:
         sys.argv = [script, *args]
         sys.path[0] = os.path.dirname(os.path.abspath(script))
-        script_globals.update(runpy.run_path(script, run_name="__main__"))
+        script_globals = runpy.run_path(script, run_name="__main__")
+    # The script's globals (trainer, DDP model, loaders) are freed after its process group is destroyed
+    # (freed before it, their destructors can hang) and before the interpreter's teardown.
     distributed = close_process_group() or os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1")
-    # Then free what the script built (trainer, DDP model, loaders) while torch is whole.
     script_globals.clear()
     gc.collect()
     return distributed

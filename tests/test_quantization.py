@@ -12,6 +12,7 @@ import math
 import signal
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -620,3 +621,23 @@ def test_cuda_fused_matches_cpu_for_loop(bits):
     assert "exp_avg_codes" in optimizer.state[cuda_params[0]]
     for expected, actual in zip(reference, cuda_params):
         assert (expected != actual.cpu()).float().mean() <= 2e-3
+
+
+def test_fused_none_falls_back_with_one_warning_and_fused_true_raises(monkeypatch):
+    import lion_integrations.quantization.optim as quantized_optim
+
+    monkeypatch.setattr(quantized_optim, "quantized_fused_unavailable_reason", lambda device_type, bits: "no compiler here")
+    monkeypatch.setattr(quantized_optim, "_warned_fallback", set())
+    param = nn.Parameter(torch.randn(64, 128))
+    reference = nn.Parameter(param.detach().clone())
+    fallback, eager = Lion8bit([param], lr=0.1), Lion8bit([reference], lr=0.1, fused=False)
+    with pytest.warns(RuntimeWarning, match=r"Lion8bit: fused quantized step unavailable on cpu \(no compiler here\)"):
+        for optimizer, p in ((fallback, param), (eager, reference)):
+            p.grad = torch.ones_like(p)
+            optimizer.step()
+    assert torch.equal(param, reference)  # the for-loop path
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fallback.step()  # no second warning
+    with pytest.raises(RuntimeError, match=r"Lion8bit\(fused=True\) cannot run on cpu: no compiler here"):
+        Lion8bit([param], fused=True).step()

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..optimizer import Lion, _local
+from ..optimizer import Lion, _local, fallback_path
 from ..rule import LionCoefficients
 from .codec import ABSMAX_DTYPE, CODES_DTYPE, check_bits, check_block_size, quantized_shapes, rows_and_cols
 from .convert import (
@@ -155,18 +155,9 @@ class QuantizedLion(Lion):
         reason = quantized_fused_unavailable_reason(device.type, group["bits"])
         if reason is None:
             return "fused"
-        if group["fused"]:
-            raise RuntimeError(f"{type(self).__name__}(fused=True) cannot run on {device.type}: {reason}")
-        if device.type in _warned_fallback:
-            return "for-loop"
-        _warned_fallback.add(device.type)
-        warnings.warn(
-            f"{type(self).__name__}: fused quantized step unavailable on {device.type} ({reason}); "
-            "using the for-loop path",
-            RuntimeWarning,
-            stacklevel=4,
+        return fallback_path(
+            type(self).__name__, "fused quantized step", group, device.type, reason, "for-loop", _warned_fallback
         )
-        return "for-loop"
 
     def _step_group(self, group: dict[str, Any]) -> None:
         super()._step_group(group)  # full-precision momenta; creates every state, quantized or not
