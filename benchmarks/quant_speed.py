@@ -6,8 +6,10 @@ Everything is measured in this run, on the same parameters (1024x1024 fp32 matri
 
 * the memory floor of an fp32 Lion step, as in step_speed.py: 20 bytes/param (read p, g, m; write
   p, m) at this machine's in-place bandwidth;
-* step times of fp32 `Lion` (fused), `Lion8bit` and `Lion4bit` (fused), and bitsandbytes'
-  `Lion8bit` when installed, each the fastest of interleaved rounds (see common.interleaved_seconds);
+* step times of fp32 `Lion` (fused), `Lion8bit` and `Lion4bit` (fused: the AVX-512 kernel of
+  lion_integrations.quantization.simd where the CPU has it, else torch.compile; the note says which),
+  and bitsandbytes' `Lion8bit` when installed, each the fastest of interleaved rounds (see
+  common.interleaved_seconds);
 * optimizer state bytes per parameter.
 
 Prints a markdown table of ratios (and writes it to outputs/quant_speed.md, with a bar plot in
@@ -29,6 +31,7 @@ from common import (  # noqa: E402
 )
 
 from lion_integrations import Lion, Lion4bit, Lion8bit  # noqa: E402
+from lion_integrations.quantization import simd  # noqa: E402
 
 LION_BYTES_PER_PARAM = 5 * 4
 
@@ -84,6 +87,8 @@ def main() -> None:
     results, floor = measure(args.params, repeats)
     fp32 = results.get("Lion (fp32 state, fused)")
     bnb = results.get("bitsandbytes Lion8bit")
+    reason = simd.unavailable_reason()
+    fused_quantized_note = "AVX-512 kernel" if reason is None else f"torch.compile ({reason})"
     rows = []
     for name, result in results.items():
         if isinstance(result, str):
@@ -96,7 +101,7 @@ def main() -> None:
             f"{seconds / fp32[0]:.2f}x" if isinstance(fp32, tuple) else "-",
             f"{bnb[0] / seconds:.1f}x" if isinstance(bnb, tuple) else "-",
             f"{state:.3f}",
-            "",
+            fused_quantized_note if "bit (fused)" in name else "",
         ])
     header = ["optimizer", "step / fp32 Lion floor", "step / fp32 Lion step", "bitsandbytes Lion8bit step / step",
               "state bytes/param", "note"]

@@ -1,16 +1,19 @@
 """One Lion step on quantized momentum: decode -> `lion_step_tensor_` -> encode.
 
-`quantized_lion_step_` is that step on a group of blocks, and the only one: the for-loop path runs
-it eagerly, the fused path runs it through `torch.compile` (dynamic shapes, the step's scalars as
-one fp32 tensor, like `lion_integrations.fused`, so neither a new shape nor a new learning rate
-recompiles). Inductor turns it into one loop over blocks; for each block it decodes the momentum,
-updates the parameter and the momentum into a block-sized buffer (in cache, never a full-size fp32
-tensor), reduces the block's new absmax and encodes the codes, so every byte is read once. (The one
-exception: rows' short last 4-bit blocks, when block_size does not divide the row, are stepped
-through an fp32 buffer the size of those tails.)
+`quantized_lion_step_` is that step on a group of blocks: the for-loop path runs it eagerly, the
+fused path runs it through `torch.compile` (dynamic shapes, the step's scalars as one fp32 tensor,
+like `lion_integrations.fused`, so neither a new shape nor a new learning rate recompiles). Inductor
+turns it into one loop over blocks; for each block it decodes the momentum, updates the parameter
+and the momentum into a block-sized buffer (in cache, never a full-size fp32 tensor), reduces the
+block's new absmax and encodes the codes, so every byte is read once. (The one exception: rows'
+short last 4-bit blocks, when block_size does not divide the row, are stepped through an fp32
+buffer the size of those tails.) The compiled step writes the new codes to a separate workspace,
+copied back afterwards (2 bytes per element): encoding into the codes it is reading makes Inductor
+give up the per-block loop.
 
-The compiled step writes the new codes to a separate workspace, copied back afterwards (2 bytes per
-element): encoding into the codes it is reading makes Inductor give up the per-block loop.
+On x86-64 CPUs with AVX-512, the fused path steps fp32 parameters with `simd`'s kernel instead:
+the same pass, with the rule generated from `rule.py` and the codec's tables, and the same results
+as the eager step, bit for bit (Inductor's lerp rounds differently, by an ulp at times).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 
 from ..fused import FUSED_DEVICE_TYPES, INDUCTOR_OPTIONS
 from ..rule import LionCoefficients, lion_step_tensor_
+from . import simd
 from .codec import CODES_DTYPE, _padded_tail, block_views, decode_blocks, decode_nibbles, encode_blocks, encode_nibbles
 
 # As the fp32 kernel's (a parallel loop whatever the first call's size), and no index bound checks.
@@ -102,34 +106,50 @@ def _row_slices(rows: int, bytes_per_row: int, fused: bool):
     return [(start, min(rows, start + step)) for start in range(0, rows, step)]
 
 
-def step_quantized_param_(
-    param: torch.Tensor,
-    grad: torch.Tensor,
-    codes: torch.Tensor,
-    absmax: torch.Tensor,
-    coefficients: LionCoefficients,
-    *,
-    bits: int,
-    block_size: int,
-    fused: bool,
-    scalars: torch.Tensor | None = None,
-) -> None:
+def step_quantized_param_(param, grad, codes, absmax, coefficients, *, bits, block_size, fused, scalars=None) -> None:
     """Step one parameter (or local shard) whose momentum is `codes`/`absmax` in the row layout."""
-    rows = absmax.shape[0]
-    if param.numel() == 0 or rows == 0:
-        return
-    # Plain tensors sharing the storage (views of a leaf that requires grad trip autograd checks in
-    # compiled code); non-contiguous ones are stepped in a contiguous copy that is written back.
-    param, grad, codes, absmax = param.detach(), grad.detach(), codes.detach(), absmax.detach()
-    work_param = param if param.is_contiguous() else param.contiguous()
-    work_codes = codes if codes.is_contiguous() else codes.contiguous()
-    param_rows, codes_rows = work_param.view(rows, -1), work_codes.view(rows, -1)
-    grad_rows = grad.contiguous().view(rows, -1)
+    step_quantized_params_([(param, grad, codes, absmax)], coefficients, bits=bits, block_size=block_size,
+                           fused=fused, scalars=scalars)
+
+
+def step_quantized_params_(
+    items, coefficients: LionCoefficients, *, bits: int, block_size: int, fused: bool, scalars: torch.Tensor | None = None
+) -> None:
+    """Step parameters of one param group on one device: `items` are (param, grad, codes, absmax).
+
+    Fused, fp32 parameters on a CPU with AVX-512 run `simd`'s kernel, all in one call; the others
+    the compiled step, one call per block shape (not fused: the eager step).
+    """
+    kernel_tensors, write_back = ([], [], [], []), []
+    for param, grad, codes, absmax in items:
+        rows = absmax.shape[0]
+        if param.numel() == 0 or rows == 0:
+            continue
+        # Plain tensors sharing the storage (views of a leaf that requires grad trip autograd checks
+        # in compiled code); non-contiguous ones are stepped in a contiguous copy written back after.
+        param, grad, codes, absmax = param.detach(), grad.detach(), codes.detach(), absmax.detach()
+        stepped = [tensor if tensor.is_contiguous() else tensor.contiguous() for tensor in (param, codes, absmax)]
+        write_back += [(work, original) for work, original in zip(stepped, (param, codes, absmax)) if work is not original]
+        work_param, work_codes, work_absmax = stepped
+        as_rows = (work_param.view(rows, -1), grad.contiguous().view(rows, -1), work_codes.view(rows, -1), work_absmax)
+        if fused and simd.applies(param, grad):
+            for bucket, tensor in zip(kernel_tensors, as_rows):
+                bucket.append(tensor)
+        else:
+            _step_blocks_(*as_rows, coefficients, bits, block_size, fused, scalars)
+    if kernel_tensors[0]:
+        simd.step_(*kernel_tensors, coefficients, bits=bits, block_size=block_size)
+    for work, original in write_back:
+        original.copy_(work)
+
+
+def _step_blocks_(param_rows, grad_rows, codes_rows, absmax, coefficients, bits, block_size, fused, scalars) -> None:
+    """`quantized_lion_step_` over the block views of 2-D rows: compiled (fused) or eagerly."""
     if fused:
         if scalars is None:
-            scalars = coefficients.as_tensor(param.device)
+            scalars = coefficients.as_tensor(param_rows.device)
         torch._dynamo.mark_static(scalars)  # its 4 is a constant, not a size shared with blocks
-    for start, stop in _row_slices(rows, codes_rows.shape[1], fused):
+    for start, stop in _row_slices(absmax.shape[0], codes_rows.shape[1], fused):
         parts = block_views(param_rows[start:stop], codes_rows[start:stop], absmax[start:stop], bits, block_size)
         grad_parts = block_views(grad_rows[start:stop], codes_rows[start:stop], absmax[start:stop], bits, block_size)
         for name, (part_param, part_codes, part_absmax), (part_grad, _, _) in zip(("full", "tail"), parts, grad_parts):
@@ -154,15 +174,13 @@ def step_quantized_param_(
             part_absmax.copy_(new_absmax)
             if stepped is not target:
                 target.copy_(stepped[..., : target.shape[-1]])
-    if work_param is not param:
-        param.copy_(work_param)
-    if work_codes is not codes:
-        codes.copy_(work_codes)
 
 
 @functools.lru_cache(maxsize=None)
 def quantized_fused_unavailable_reason(device_type: str, bits: int) -> str | None:
     """None when the compiled quantized step builds and runs on `device_type`, else why it does not."""
+    if device_type == "cpu" and simd.unavailable_reason() is None:
+        return None  # fp32 parameters run the AVX-512 kernel; others compile when first stepped
     if device_type not in FUSED_DEVICE_TYPES:
         return f"torch.compile fusion is not supported on device type {device_type!r}"
     try:

@@ -28,7 +28,7 @@ from .convert import (
     saved_codec,
     wrap_like,
 )
-from .kernel import quantized_fused_unavailable_reason, step_quantized_param_
+from .kernel import quantized_fused_unavailable_reason, step_quantized_params_
 
 try:
     from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -161,24 +161,22 @@ class QuantizedLion(Lion):
 
     def _step_group(self, group: dict[str, Any]) -> None:
         super()._step_group(group)  # full-precision momenta; creates every state, quantized or not
-        coefficients, scalars, paths = None, {}, {}
+        coefficients, items = None, {}
         for param in group["params"]:
             state = self.state.get(param)
             if param.grad is None or not state or CODES not in state:
                 continue
-            grad = self._local_grad(param, group)
-            local_param = _local(param)
-            device = local_param.device
             if coefficients is None:
                 coefficients = LionCoefficients.from_group(group["lr"], group["betas"], group["weight_decay"])
-            if device not in paths:
-                paths[device] = self._quantized_path(group, device)
-            fused = paths[device] == "fused"
-            if fused and device not in scalars:
-                scalars[device] = coefficients.as_tensor(device)
-            step_quantized_param_(
-                local_param, grad, _local(state[CODES]), _local(state[ABSMAX]), coefficients,
-                bits=group["bits"], block_size=group["block_size"], fused=fused, scalars=scalars.get(device),
+            local_param = _local(param)
+            items.setdefault(local_param.device, []).append(
+                (local_param, self._local_grad(param, group), _local(state[CODES]), _local(state[ABSMAX]))
+            )
+        for device, device_items in items.items():
+            fused = self._quantized_path(group, device) == "fused"
+            step_quantized_params_(
+                device_items, coefficients, bits=group["bits"], block_size=group["block_size"], fused=fused,
+                scalars=coefficients.as_tensor(device) if fused else None,
             )
 
     # --- State dicts. --------------------------------------------------------------------------
