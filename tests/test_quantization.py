@@ -283,7 +283,10 @@ def drive(optimizer, params, steps, seed=0, dtype=torch.float32, first=0, on_ste
 
 
 @pytest.mark.parametrize("bits", [8, 4])
-def test_fused_and_for_loop_paths_agree_and_do_not_recompile(bits):
+@pytest.mark.parametrize("kernel", ["avx512", "torch.compile"])
+def test_fused_and_for_loop_paths_agree_and_do_not_recompile(bits, kernel, monkeypatch):
+    if kernel == "torch.compile":  # what CUDA, bf16 parameters and CPUs without AVX-512 run
+        monkeypatch.setattr(simd, "applies", lambda param, grad: False)
     def halve_lr_at_10(optimizer):
         def on_step(step):
             if step == 10:
