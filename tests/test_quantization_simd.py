@@ -93,6 +93,22 @@ def test_kernel_propagates_non_finite_gradients_as_eager(bits):
     assert torch.equal(eager[2][finite], kernel[2][finite])
 
 
+@needs_kernel
+@pytest.mark.parametrize("bits", [8, 4])
+def test_kernel_equals_eager_when_the_inverse_absmax_overflows(bits):
+    # A block whose largest momentum is below 2**-128 has an infinite inverse: its elements scale to
+    # +-inf and its zeros to NaN; eager encodes those as the largest code and as code 0.
+    generator = torch.Generator().manual_seed(11)
+    grad = torch.tensor([[1e-40, -1e-40, 0.0, 5e-41, -0.0, 1e-45, 3e-39, -2e-39]]).repeat(3, 8)
+    grad[1] *= torch.rand(64, generator=generator)
+    param = torch.randn(3, 64, generator=generator)
+    codes, absmax = quantize_blockwise(torch.zeros(3, 64), bits, 8)
+    coefficients = LionCoefficients.from_group(1e-3, (0.9, 0.0), 0.0)  # the new momentum is the gradient
+    eager, kernel = eager_and_kernel(param, grad, codes, absmax, coefficients, bits, 8, steps=2)
+    assert (eager[2] > 0).all() and (eager[2] < 2.0**-126).all()
+    assert_identical(eager, kernel)
+
+
 def values_around_every_threshold(bits: int) -> torch.Tensor:
     """Magnitudes in [0, 1] at, and one float step either side of, every map entry and midpoint,
     plus a log-spaced sweep down to 1e-9."""

@@ -135,8 +135,10 @@ def step_quantized_params_(
         if fused and simd.applies(param, grad):
             for bucket, tensor in zip(kernel_tensors, as_rows):
                 bucket.append(tensor)
-        else:
-            _step_blocks_(*as_rows, coefficients, bits, block_size, fused, scalars)
+            continue
+        if fused and scalars is None:
+            scalars = coefficients.as_tensor(param.device)
+        _step_blocks_(*as_rows, coefficients, bits, block_size, fused, scalars)
     if kernel_tensors[0]:
         simd.step_(*kernel_tensors, coefficients, bits=bits, block_size=block_size)
     for work, original in write_back:
@@ -144,10 +146,9 @@ def step_quantized_params_(
 
 
 def _step_blocks_(param_rows, grad_rows, codes_rows, absmax, coefficients, bits, block_size, fused, scalars) -> None:
-    """`quantized_lion_step_` over the block views of 2-D rows: compiled (fused) or eagerly."""
+    """`quantized_lion_step_` over the block views of 2-D rows: compiled (fused, with the step's
+    scalars as one tensor) or eagerly."""
     if fused:
-        if scalars is None:
-            scalars = coefficients.as_tensor(param_rows.device)
         torch._dynamo.mark_static(scalars)  # its 4 is a constant, not a size shared with blocks
     for start, stop in _row_slices(absmax.shape[0], codes_rows.shape[1], fused):
         parts = block_views(param_rows[start:stop], codes_rows[start:stop], absmax[start:stop], bits, block_size)

@@ -175,8 +175,7 @@ class QuantizedLion(Lion):
         for device, device_items in items.items():
             fused = self._quantized_path(group, device) == "fused"
             step_quantized_params_(
-                device_items, coefficients, bits=group["bits"], block_size=group["block_size"], fused=fused,
-                scalars=coefficients.as_tensor(device) if fused else None,
+                device_items, coefficients, bits=group["bits"], block_size=group["block_size"], fused=fused
             )
 
     # --- State dicts. --------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import hashlib
 import math
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -157,11 +158,14 @@ def source_code() -> str:
     return source
 
 
-def _compiler() -> str:
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+def _compiler() -> list[str]:
+    """The compiler command: $CXX (which may carry arguments, e.g. "ccache g++"), else g++ or c++."""
+    if os.environ.get("CXX"):
+        return shlex.split(os.environ["CXX"])
+    compiler = shutil.which("g++") or shutil.which("c++")
     if not compiler:
         raise RuntimeError("no C++ compiler found (set CXX)")
-    return compiler
+    return [compiler]
 
 
 def cache_folder() -> Path:
@@ -173,7 +177,7 @@ def cache_folder() -> Path:
 def library() -> ctypes.CDLL:
     """The compiled kernel (built on first use, then reused from the cache folder)."""
     source, compiler = source_code(), _compiler()
-    key = hashlib.sha256("\0".join([source, compiler, *FLAGS]).encode()).hexdigest()[:20]
+    key = hashlib.sha256("\0".join([source, *compiler, *FLAGS]).encode()).hexdigest()[:20]
     folder = cache_folder()
     path = folder / f"simd_step_{key}.so"
     if not path.exists():
@@ -181,10 +185,10 @@ def library() -> ctypes.CDLL:
         with tempfile.TemporaryDirectory(dir=folder) as scratch:
             source_path, built = Path(scratch) / "simd_step.cpp", Path(scratch) / "simd_step.so"
             source_path.write_text(source)
-            result = subprocess.run([compiler, *FLAGS, str(source_path), "-o", str(built)], capture_output=True, text=True)
+            result = subprocess.run([*compiler, *FLAGS, str(source_path), "-o", str(built)], capture_output=True, text=True)
             if result.returncode:
                 errors = [line for line in result.stderr.splitlines() if "error" in line] or [result.stderr.strip()]
-                raise RuntimeError(f"{compiler} failed: {errors[0]}")
+                raise RuntimeError(f"{shlex.join(compiler)} failed: {errors[0]}")
             os.replace(built, path)  # atomic: processes compiling at once each leave a whole file
     compiled = ctypes.CDLL(str(path))
     if not compiled.cpu_supported():

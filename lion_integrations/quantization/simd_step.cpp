@@ -106,13 +106,13 @@ static inline void lion_rule(__m512 *p_, __m512 g, __m512 *m_, const Scalars &co
 }
 
 // How many of a sorted list of thresholds (padded with +inf to 16) lie below each magnitude in
-// [0, ~1]: the float's top bits (bits >> shift, less first_bucket, at least 0) pick one of 16
+// [0, 1]: the float's top bits (bits >> shift, less first_bucket, at least 0) pick one of 16
 // buckets, a table gives how many thresholds lie below the bucket, and one compare adds the one
 // threshold that may lie inside it (simd.py checks that no bucket holds two).
 static inline __m512i count_below(__m512 magnitude, const int32_t *below_bucket, const float *thresholds,
                                   int shift, int first_bucket) {
     // bits >> shift < 2**16, so a saturating 16-bit subtraction clamps below bucket 0; magnitudes
-    // are at most ~1, so buckets stay below 16.
+    // are at most 1, so buckets stay below 16.
     __m512i bucket = _mm512_subs_epu16(_mm512_srli_epi32(_mm512_castps_si512(magnitude), shift),
                                        _mm512_set1_epi32(first_bucket));
     __m512i count = _mm512_permutexvar_epi32(bucket, _mm512_load_si512(below_bucket));
@@ -128,11 +128,13 @@ static const int32_t MIDPOINTS_BELOW4[16] __attribute__((aligned(64))) = {@MIDPO
 static const float MIDPOINTS4[16] __attribute__((aligned(64))) = {@MIDPOINTS4@};
 
 // codec.nearest_code's magnitude index j for 8 bits: in decade t (how many decade tops lie below
-// |x|), j = min(ceil(|x| * slope_t - offset_t), 2**(t+1) - 1). The minimum never binds here: at a
-// decade's top the ceiling is 2**(t+1) - 1 with half a step to spare (simd.py checks), and |x| is at
-// most 1 plus rounding, being a block's element times the inverse of the block's largest.
+// |x|), j = min(ceil(|x| * slope_t - offset_t), 2**(t+1) - 1). The minimum never binds for |x| <= 1:
+// at a decade's top the ceiling is 2**(t+1) - 1 with half a step to spare (simd.py checks). Larger
+// |x| is clamped to 1 first, to the same index: x is a block's element times the inverse of the
+// block's largest, so 1 plus rounding, or infinite when that inverse overflows (absmax < 2**-128).
+// NaN (0 times that inverse) passes the clamp and converts to code 0, as in eager torch.
 static inline __m512i magnitude_index8(__m512 x) {
-    __m512 magnitude = _mm512_abs_ps(x);
+    __m512 magnitude = _mm512_min_ps(_mm512_set1_ps(1.0f), _mm512_abs_ps(x));  // NaN stays (2nd operand)
     __m512i decade = count_below(magnitude, DECADES_BELOW8, DECADE_TOPS8, @SHIFT8@, @FIRST_BUCKET8@);
     __m512 position = _mm512_sub_ps(_mm512_mul_ps(magnitude, _mm512_permutexvar_ps(decade, _mm512_load_ps(SLOPE8))),
                                     _mm512_permutexvar_ps(decade, _mm512_load_ps(OFFSET8)));
@@ -142,8 +144,10 @@ static inline __m512i magnitude_index8(__m512 x) {
 static inline __mmask16 negative(__m512 x) { return _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ); }
 
 // codec.nearest_code for 4 bits: j = how many midpoints lie below |x|; negative values store 15 - j.
+// |x| is clamped to 1 (inf: see magnitude_index8) and NaN to 0, which no midpoint lies below.
 static inline __m512i encode4(__m512 x) {
-    __m512i j = count_below(_mm512_abs_ps(x), MIDPOINTS_BELOW4, MIDPOINTS4, @SHIFT4@, @FIRST_BUCKET4@);
+    __m512 magnitude = _mm512_max_ps(_mm512_min_ps(_mm512_set1_ps(1.0f), _mm512_abs_ps(x)), _mm512_setzero_ps());
+    __m512i j = count_below(magnitude, MIDPOINTS_BELOW4, MIDPOINTS4, @SHIFT4@, @FIRST_BUCKET4@);
     return _mm512_mask_sub_epi32(j, negative(x), _mm512_set1_epi32(15), j);
 }
 
@@ -293,8 +297,10 @@ template <class Scalars>
 static int step_parameters(int count, float *const *params, const float *const *grads, uint8_t *const *codes,
                            float *const *absmaxes, const int64_t *rows, const int64_t *cols, int64_t block_size,
                            int bits, const Scalars &coefficients, int threads) {
-    int64_t codes_per_block = bits == 8 ? block_size : block_size / 2;
-    int64_t buffer_floats = (block_size + 64 + 15) & ~(int64_t)15;  // whole 64-element chunks
+    int64_t codes_per_block = bits == 8 ? block_size : block_size / 2, longest = 0;
+    for (int t = 0; t < count; t++) longest = cols[t] > longest ? cols[t] : longest;
+    longest = longest < block_size ? longest : block_size;  // no block is longer than its row
+    int64_t buffer_floats = (longest + 64 + 15) & ~(int64_t)15;  // whole 64-element chunks
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
