@@ -112,7 +112,7 @@ static inline void lion_rule(__m512 *p_, __m512 g, __m512 *m_, const Scalars &co
 static inline __m512i count_below(__m512 magnitude, const int32_t *below_bucket, const float *thresholds,
                                   int shift, int first_bucket) {
     // bits >> shift < 2**16, so a saturating 16-bit subtraction clamps below bucket 0; magnitudes
-    // are at most 1, so buckets stay below 16.
+    // are at most 1, so buckets stay below 16 (a NaN's wraps around; its code is 0 whatever count).
     __m512i bucket = _mm512_subs_epu16(_mm512_srli_epi32(_mm512_castps_si512(magnitude), shift),
                                        _mm512_set1_epi32(first_bucket));
     __m512i count = _mm512_permutexvar_epi32(bucket, _mm512_load_si512(below_bucket));
