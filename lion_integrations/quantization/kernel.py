@@ -106,21 +106,18 @@ def _row_slices(rows: int, bytes_per_row: int, fused: bool):
     return [(start, min(rows, start + step)) for start in range(0, rows, step)]
 
 
-def step_quantized_param_(param, grad, codes, absmax, coefficients, *, bits, block_size, fused, scalars=None) -> None:
+def step_quantized_param_(param, grad, codes, absmax, coefficients, *, bits, block_size, fused) -> None:
     """Step one parameter (or local shard) whose momentum is `codes`/`absmax` in the row layout."""
-    step_quantized_params_([(param, grad, codes, absmax)], coefficients, bits=bits, block_size=block_size,
-                           fused=fused, scalars=scalars)
+    step_quantized_params_([(param, grad, codes, absmax)], coefficients, bits=bits, block_size=block_size, fused=fused)
 
 
-def step_quantized_params_(
-    items, coefficients: LionCoefficients, *, bits: int, block_size: int, fused: bool, scalars: torch.Tensor | None = None
-) -> None:
+def step_quantized_params_(items, coefficients: LionCoefficients, *, bits: int, block_size: int, fused: bool) -> None:
     """Step parameters of one param group on one device: `items` are (param, grad, codes, absmax).
 
     Fused, fp32 parameters on a CPU with AVX-512 run `simd`'s kernel, all in one call; the others
     the compiled step, one call per block shape (not fused: the eager step).
     """
-    kernel_tensors, write_back = ([], [], [], []), []
+    kernel_tensors, write_back, scalars = ([], [], [], []), [], None
     for param, grad, codes, absmax in items:
         rows = absmax.shape[0]
         if param.numel() == 0 or rows == 0:
