@@ -19,6 +19,8 @@ try:
 except ImportError:  # torch built without distributed
     DTensor = ()
 
+DEFAULT_LR = 1e-4
+DEFAULT_BETAS = (0.9, 0.99)
 PATHS = ("fused", "foreach", "for-loop")
 _warned_fallback: set[str] = set()
 

@@ -16,44 +16,53 @@ import gc
 import os
 import runpy
 import sys
+from typing import Any
+
+from .hf import register
 
 USAGE = "usage: python -m lion_integrations.run (SCRIPT.py | -m MODULE) [ARGS...]"
+
 
 def main(argv: list[str] | None = None) -> bool:
     """Register the Hugging Face names, then run the script or module given in `argv` as __main__;
     returns whether it ran as one rank of a distributed run (a process group, or a launcher's
     WORLD_SIZE > 1)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help") or argv == ["-m"]:
-        stream = sys.stdout if argv and argv[0] in ("-h", "--help") else sys.stderr
-        print(USAGE, file=stream)
-        print(__doc__, file=stream)
-        raise SystemExit(0 if stream is sys.stdout else 2)
-
-    if argv[0] == "-m":
-        module, args = argv[1], argv[2:]
-    else:
-        script, args = argv[0], argv[1:]
-        if not os.path.exists(script):
-            print(f"lion_integrations.run: can't open file {script!r}: no such file", file=sys.stderr)
-            raise SystemExit(2)
-
-    from lion_integrations.hf import register
-
+    exit_on_usage_error(argv)
     register()
-    if argv[0] == "-m":
-        sys.argv = [module, *args]  # run_module replaces argv[0] with the module's path
-        script_globals = runpy.run_module(module, run_name="__main__", alter_sys=True)
-    else:
-        sys.argv = [script, *args]
-        sys.path[0] = os.path.dirname(os.path.abspath(script))
-        script_globals = runpy.run_path(script, run_name="__main__")
+    script_globals = run_as_main(argv)
     # The script's globals (trainer, DDP model, loaders) are freed after its process group is destroyed
     # (freed before it, their destructors can hang) and before the interpreter's teardown.
     distributed = close_process_group() or os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1")
     script_globals.clear()
     gc.collect()
     return distributed
+
+
+def exit_on_usage_error(argv: list[str]) -> None:
+    """Print the usage and exit for ``-h``/``--help`` (status 0), for no script or module, or for a
+    script that does not exist (status 2, as ``python`` exits)."""
+    if not argv or argv[0] in ("-h", "--help") or argv == ["-m"]:
+        stream = sys.stdout if argv and argv[0] in ("-h", "--help") else sys.stderr
+        print(USAGE, file=stream)
+        print(__doc__, file=stream)
+        raise SystemExit(0 if stream is sys.stdout else 2)
+    if argv[0] != "-m" and not os.path.exists(argv[0]):
+        print(f"lion_integrations.run: can't open file {argv[0]!r}: no such file", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def run_as_main(argv: list[str]) -> dict[str, Any]:
+    """Run ``SCRIPT.py ARGS...`` or ``-m MODULE ARGS...`` as __main__, with ``sys.argv`` and
+    ``sys.path[0]`` set as ``python`` would set them; returns the globals it left."""
+    if argv[0] == "-m":
+        module, args = argv[1], argv[2:]
+        sys.argv = [module, *args]  # run_module replaces argv[0] with the module's path
+        return runpy.run_module(module, run_name="__main__", alter_sys=True)
+    script, args = argv[0], argv[1:]
+    sys.argv = [script, *args]
+    sys.path[0] = os.path.dirname(os.path.abspath(script))
+    return runpy.run_path(script, run_name="__main__")
 
 
 def close_process_group() -> bool:

@@ -13,18 +13,13 @@ Past ``T`` the factor stays at ``r`` (cosine, linear). Plain torch: usable with 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from .checks import check_choice, check_int, check_real
+
 SHAPES = ("cosine", "linear", "constant")
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"Invalid {name}: {value!r} (expected an int >= {minimum})")
-    return value
 
 
 class WarmupSchedule:
@@ -32,16 +27,12 @@ class WarmupSchedule:
     `min_lr_ratio` at `total_steps`. A callable object, so `LambdaLR.state_dict` saves it."""
 
     def __init__(self, warmup_steps: int, total_steps: int, shape: str = "cosine", min_lr_ratio: float = 0.0):
-        if shape not in SHAPES:
-            raise ValueError(f"Invalid shape: {shape!r} (expected one of {', '.join(SHAPES)})")
-        self.total_steps = _check_int(total_steps, "total_steps", 1)
-        self.warmup_steps = _check_int(warmup_steps, "warmup_steps", 0)
+        self.shape = check_choice(shape, "shape", SHAPES)
+        self.total_steps = check_int(total_steps, "total_steps", minimum=1)
+        self.warmup_steps = check_int(warmup_steps, "warmup_steps", minimum=0)
         if warmup_steps > total_steps:
             raise ValueError(f"Invalid warmup_steps: {warmup_steps!r} (must be <= total_steps={total_steps!r})")
-        if isinstance(min_lr_ratio, bool) or not isinstance(min_lr_ratio, (int, float)) or not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(f"Invalid min_lr_ratio: {min_lr_ratio!r} (expected a number in [0, 1])")
-        self.shape = shape
-        self.min_lr_ratio = float(min_lr_ratio)
+        self.min_lr_ratio = check_real(min_lr_ratio, "min_lr_ratio", minimum=0.0, maximum=1.0)
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:

@@ -88,7 +88,7 @@ def test_handler_table_routes_our_names_only():
     handlers = getattr(trainer_optimizer, "_OPTIMIZER_HANDLERS", None)
     if handlers is None:
         pytest.skip("transformers < 5: no handler table (legacy route tested below)")
-    assert handlers[OptimizerNames("lion")] is hf._handler
+    assert handlers[OptimizerNames("lion")] is hf.registration.optimizer_handler
     for member in (OptimizerNames.LION, OptimizerNames.LION_8BIT, OptimizerNames.PAGED_LION):
         assert handlers[member] is trainer_optimizer._get_bitsandbytes_optimizer
 
@@ -110,8 +110,8 @@ def test_legacy_route_wraps_and_delegates():
             return "original", {"optim": args.optim}
 
     original = OldTrainer.__dict__["get_optimizer_cls_and_kwargs"].__func__
-    hf._route_legacy(OldTrainer)
-    hf._route_legacy(OldTrainer)  # idempotent: wrapped once
+    hf.registration.route_legacy_trainer(OldTrainer)
+    hf.registration.route_legacy_trainer(OldTrainer)  # idempotent: wrapped once
     assert OldTrainer.get_optimizer_cls_and_kwargs.__wrapped__ is original
 
     args = TrainingArguments(output_dir="unused", optim="lion", optim_args="beta2=0.98", report_to="none")

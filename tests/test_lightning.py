@@ -140,18 +140,18 @@ def test_warmup_cosine_scheduler_lrs_and_state_dict():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"warmup_steps": -1}, "Invalid warmup_steps: -1"),
-        ({"warmup_steps": 20}, "Invalid warmup_steps: 20"),
-        ({"warmup_steps": 1.5}, "Invalid warmup_steps: 1.5"),
-        ({"total_steps": 0}, "Invalid total_steps: 0"),
-        ({"shape": "cos"}, "Invalid shape: 'cos'"),
-        ({"min_lr_ratio": 1.5}, "Invalid min_lr_ratio: 1.5"),
+        ({"warmup_steps": -1}, ValueError, "Invalid warmup_steps: -1"),
+        ({"warmup_steps": 20}, ValueError, "Invalid warmup_steps: 20"),
+        ({"warmup_steps": 1.5}, TypeError, "Invalid warmup_steps: 1.5"),
+        ({"total_steps": 0}, ValueError, "Invalid total_steps: 0"),
+        ({"shape": "cos"}, ValueError, "Invalid shape: 'cos'"),
+        ({"min_lr_ratio": 1.5}, ValueError, "Invalid min_lr_ratio: 1.5"),
     ],
 )
-def test_warmup_schedule_bad_input(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_warmup_schedule_bad_input(kwargs, error, message):
+    with pytest.raises(error, match=message):
         WarmupSchedule(**{"warmup_steps": 2, "total_steps": 10, **kwargs})
 
 

@@ -1,0 +1,54 @@
+"""Hugging Face Trainer integration: `TrainingArguments(optim="lion")` builds `lion_integrations.Lion`.
+
+Importing this package registers the names (or call `register()`); both are idempotent.
+
+Names (values of `transformers.training_args.OptimizerNames`):
+
+- ``lion`` (member ``LION_INTEGRATIONS``): `lion_integrations.Lion`, full-precision momentum.
+- ``lion_q8`` / ``lion_q4`` (``LION_INTEGRATIONS_Q8`` / ``_Q4``): the quantized-momentum classes
+  `Lion8bit` / `Lion4bit`, registered only when this version of lion_integrations provides them.
+- ``lion_discovered`` (``LION_INTEGRATIONS_DISCOVERED``): `lion_integrations.discovery.DiscoveredOptimizer`
+  running a program found by the search, named in ``optim_args`` (``program=PATH`` or a builtin name).
+
+transformers' own ``lion_32bit``, ``lion_8bit``, ``paged_lion_*`` (bitsandbytes; the member
+``OptimizerNames.LION`` is ``"lion_32bit"``) are left exactly as they are.
+
+Hyperparameters: lr is ``learning_rate`` as given (Lion wants one 3-10x smaller than AdamW's, see
+`lion_integrations.hparams.from_adamw`). Betas come from ``optim_args`` (``beta1=...,beta2=...``),
+default (0.9, 0.99); ``adam_beta1``/``adam_beta2`` are Adam's and are ignored. ``optim_args`` also
+takes the optimizer's own keyword options (e.g. ``fused=false``, ``momentum_dtype=float32``, or a
+quantized variant's ``block_size``); unknown keys raise ValueError. Weight decay is
+``weight_decay``, applied through Trainer's decay/no-decay parameter groups.
+
+Modules: `variants` (the names and their classes), `options` (TrainingArguments and optim_args ->
+optimizer kwargs), `registration` (OptimizerNames members and the Trainer routing).
+"""
+
+import importlib
+
+try:
+    importlib.import_module("transformers.training_args")
+except ImportError as error:  # pragma: no cover - exercised by a test that hides transformers
+    raise ImportError(
+        "lion_integrations.hf needs Hugging Face transformers (>= 4.46); install the 'hf' extra: "
+        "pip install 'lion-integrations[hf]'"
+    ) from error
+
+from ..optimizer import DEFAULT_BETAS
+from .options import lion_cls_and_kwargs, parse_optim_args
+from .registration import register, registered_name
+from .variants import VARIANTS, available_names, optimizer_class
+
+REGISTERED = register()
+
+__all__ = [
+    "DEFAULT_BETAS",
+    "REGISTERED",
+    "VARIANTS",
+    "available_names",
+    "lion_cls_and_kwargs",
+    "optimizer_class",
+    "parse_optim_args",
+    "register",
+    "registered_name",
+]
