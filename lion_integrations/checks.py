@@ -27,11 +27,13 @@ def check_real(
     *,
     minimum: float = -math.inf,
     maximum: float = math.inf,
+    above_minimum: bool = False,
     below_maximum: bool = False,
     allow_tensor: bool = False,
 ) -> float:
-    """`value` as a float, which must be finite and in ``[minimum, maximum]`` (``[minimum, maximum)``
-    with `below_maximum`). `allow_tensor`: a one-element floating tensor is accepted too (a tensor lr)."""
+    """`value` as a float, which must be finite and in ``[minimum, maximum]``; `above_minimum` and
+    `below_maximum` leave out that end (``(minimum, ...`` and ``..., maximum)``). `allow_tensor`: a
+    one-element floating tensor is accepted too (a tensor lr)."""
     number = value
     if allow_tensor and isinstance(value, torch.Tensor):
         if value.numel() != 1 or not value.is_floating_point():
@@ -43,10 +45,13 @@ def check_real(
     elif not _is_real(value):
         raise TypeError(f"Invalid {name}: {value!r} (expected a number, got {type(value).__name__})")
     number = float(number)
+    below = number <= minimum if above_minimum else number < minimum
     above = number >= maximum if below_maximum else number > maximum
-    if not math.isfinite(number) or number < minimum or above:
-        closing = ")" if below_maximum else "]"
-        raise ValueError(f"Invalid {name}: {value!r} (expected a finite number in [{minimum}, {maximum}{closing})")
+    if not math.isfinite(number) or below or above:
+        opening, closing = "(" if above_minimum else "[", ")" if below_maximum else "]"
+        raise ValueError(
+            f"Invalid {name}: {value!r} (expected a finite number in {opening}{minimum}, {maximum}{closing})"
+        )
     return number
 
 

@@ -12,10 +12,11 @@ memory traffic it saves.
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import torch
 
-from .rule import LionCoefficients, lion_step_foreach_, lion_step_tensor_
+from .rule import LionCoefficients, lion_step_tensor_, lion_step_unfused_, uses_foreach
 
 FUSED_DEVICE_TYPES = ("cpu", "cuda")
 MIN_FUSED_NUMEL = 1 << 16
@@ -57,23 +58,28 @@ def fused_step_(params, grads, exp_avgs, coefficients: LionCoefficients) -> None
         if scalars is None:
             scalars = coefficients.as_tensor(param.device)
         kernel(flat_alias(param), flat_alias(grad.contiguous()), flat_alias(exp_avg), scalars)
-    if rest[0] and rest[0][0].device.type == "cuda":
-        lion_step_foreach_(*rest, *vars(coefficients).values())
-    else:
-        for param, grad, exp_avg in zip(*rest):
-            lion_step_tensor_(param, grad, exp_avg, *vars(coefficients).values())
+    if rest[0]:
+        lion_step_unfused_(*rest, coefficients, foreach=uses_foreach(None, rest[0][0].device.type))
+
+
+def compiled_unavailable_reason(device_type: str, probe: Callable[[], object]) -> str | None:
+    """None when `probe` (a first call of a compiled kernel on `device_type`) runs, else why it does not."""
+    if device_type not in FUSED_DEVICE_TYPES:
+        return f"torch.compile fusion is not supported on device type {device_type!r}"
+    try:
+        probe()
+    except Exception as error:  # no C++ compiler, no Triton, unsupported platform...
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return f"compiling failed with {type(error).__name__}: {first_line}"
+    return None
 
 
 @functools.lru_cache(maxsize=None)
 def fused_unavailable_reason(device_type: str) -> str | None:
     """None when the compiled kernel builds and runs on `device_type`, else why it does not."""
-    if device_type not in FUSED_DEVICE_TYPES:
-        return f"torch.compile fusion is not supported on device type {device_type!r}"
-    try:
-        kernel = compiled_step()
-        probe = [torch.zeros(8, device=device_type) for _ in range(3)]
-        kernel(*probe, LionCoefficients(0.0, 0.0, 0.0, 1.0).as_tensor(probe[0].device))
-    except Exception as error:  # no C++ compiler, no Triton, unsupported platform...
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        return f"compiling failed with {type(error).__name__}: {first_line}"
-    return None
+
+    def probe() -> None:
+        tensors = [torch.zeros(8, device=device_type) for _ in range(3)]
+        compiled_step()(*tensors, LionCoefficients(0.0, 0.0, 0.0, 1.0).as_tensor(tensors[0].device))
+
+    return compiled_unavailable_reason(device_type, probe)

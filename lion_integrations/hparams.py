@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
+from .checks import check_real
+
 DEFAULT_RATIO = 3.0
-PAPER_RATIO_RANGE = (3.0, 10.0)
-LANGUAGE_MODEL_BETAS = (0.95, 0.98)
 
 NORM_LAYERS: tuple[type[nn.Module], ...] = (
     nn.LayerNorm,
@@ -26,17 +25,17 @@ NORM_LAYERS: tuple[type[nn.Module], ...] = (
 
 
 def from_adamw(lr: float, weight_decay: float = 0.0, ratio: float = DEFAULT_RATIO) -> dict[str, float]:
-    """Lion's {'lr', 'weight_decay'} for an AdamW setting: lr/ratio and weight_decay*ratio."""
-    if not ratio > 0:
-        raise ValueError(f"Invalid ratio: {ratio!r} (must be > 0; the paper uses 3 to 10)")
-    if not lr >= 0:
-        raise ValueError(f"Invalid lr: {lr!r} (must be >= 0)")
-    if not weight_decay >= 0:
-        raise ValueError(f"Invalid weight_decay: {weight_decay!r} (must be >= 0)")
+    """Lion's {'lr', 'weight_decay'} for an AdamW setting: lr/ratio and weight_decay*ratio.
+
+    `ratio` must be > 0 (the paper uses 3 to 10); `lr` and `weight_decay` finite and >= 0.
+    """
+    ratio = check_real(ratio, "ratio", minimum=0.0, above_minimum=True)
+    lr = check_real(lr, "lr", minimum=0.0)
+    weight_decay = check_real(weight_decay, "weight_decay", minimum=0.0)
     return {"lr": lr / ratio, "weight_decay": weight_decay * ratio}
 
 
-def is_norm_or_bias(module: nn.Module, name: str, param: torch.Tensor) -> bool:
+def is_norm_or_bias(module: nn.Module, name: str) -> bool:
     """True for biases and normalization weights, which are conventionally not decayed."""
     return name == "bias" or name.endswith("_bias") or isinstance(module, NORM_LAYERS) or "norm" in type(module).__name__.lower()
 
@@ -53,7 +52,7 @@ def param_groups(model: nn.Module, weight_decay: float, **group_options: Any) ->
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            (no_decay if is_norm_or_bias(module, name, param) else decay).append(param)
+            (no_decay if is_norm_or_bias(module, name) else decay).append(param)
     groups = [
         {"params": decay, "weight_decay": weight_decay, **group_options},
         {"params": no_decay, "weight_decay": 0.0, **group_options},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable
@@ -11,32 +10,16 @@ from typing import Any, Callable
 import torch
 from torch.optim import Optimizer
 
+from .checks import check_bool, check_real
 from .fused import fusable, fused_step_, fused_unavailable_reason
-from .rule import LionCoefficients, lion_step_foreach_, lion_step_tensor_
-
-try:
-    from torch.distributed.tensor import DTensor
-except ImportError:  # torch built without distributed
-    DTensor = ()
+from .rule import LionCoefficients, lion_step_unfused_, uses_foreach
+from .sharding import DTensor, local_shard
+from .state import check_saved_groups, checked_exp_avg, decoded_entry, param_label
 
 DEFAULT_LR = 1e-4
 DEFAULT_BETAS = (0.9, 0.99)
-PATHS = ("fused", "foreach", "for-loop")
-_warned_fallback: set[str] = set()
-
-
-def _as_float(value: Any, name: str) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"Invalid {name}: a tensor {name} must hold one value, got shape {tuple(value.shape)}")
-        value = value.item()
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"Invalid {name}: {value!r} is not a number") from None
-    if math.isnan(number):
-        raise ValueError(f"Invalid {name}: {value!r}")
-    return number
+# (kernel, device type) pairs whose fallback `fallback_path` has warned about.
+_warned_fallback: set[tuple[str, str]] = set()
 
 
 def as_momentum_dtype(value: Any) -> torch.dtype | None:
@@ -45,49 +28,49 @@ def as_momentum_dtype(value: Any) -> torch.dtype | None:
         return value
     if isinstance(value, str) and isinstance(getattr(torch, value.removeprefix("torch."), None), torch.dtype):
         return as_momentum_dtype(getattr(torch, value.removeprefix("torch.")))
-    raise ValueError(f"Invalid momentum_dtype: {value!r} (expected None or a floating dtype such as torch.float32)")
+    expected = "expected None or a floating dtype such as torch.float32"
+    if not isinstance(value, (str, torch.dtype)):
+        raise TypeError(f"Invalid momentum_dtype: {value!r} ({expected}, got {type(value).__name__})")
+    raise ValueError(f"Invalid momentum_dtype: {value!r} ({expected})")
 
 
 def validate_hyperparameters(lr: Any, betas: Any, weight_decay: Any) -> None:
-    """Raise ValueError naming the first argument that Lion cannot use."""
-    if not 0.0 <= _as_float(lr, "lr") < math.inf:
-        raise ValueError(f"Invalid lr: {lr!r} (must be finite and >= 0)")
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+    """Raise for the first argument that Lion cannot use: TypeError for a wrong type, ValueError for
+    a value out of range. lr and weight_decay are finite and >= 0, each beta in [0, 1); a one-element
+    tensor is accepted for each (a tensor lr)."""
+    check_real(lr, "lr", minimum=0.0, allow_tensor=True)
+    if not isinstance(betas, (tuple, list)):
+        raise TypeError(f"Invalid betas: {betas!r} (expected a pair (beta1, beta2), got {type(betas).__name__})")
+    if len(betas) != 2:
         raise ValueError(f"Invalid betas: {betas!r} (expected a pair (beta1, beta2))")
     for index, beta in enumerate(betas):
-        if not 0.0 <= _as_float(beta, f"betas[{index}]") < 1.0:
-            raise ValueError(f"Invalid betas[{index}]: {beta!r} (must be in [0, 1))")
-    if not 0.0 <= _as_float(weight_decay, "weight_decay") < math.inf:
-        raise ValueError(f"Invalid weight_decay: {weight_decay!r} (must be finite and >= 0)")
+        check_real(beta, f"betas[{index}]", minimum=0.0, maximum=1.0, below_maximum=True, allow_tensor=True)
+    check_real(weight_decay, "weight_decay", minimum=0.0, allow_tensor=True)
 
 
 def validate_flags(group: dict[str, Any]) -> None:
-    """Raise ValueError for a path flag that is not a bool (or None, for foreach and fused)."""
-    for name, allowed in (("maximize", (False, True)), ("foreach", (None, False, True)), ("fused", (None, False, True))):
-        value = group.get(name)
-        if name in group and not any(value is choice for choice in allowed):
-            raise ValueError(f"Invalid {name}: {value!r} (expected {' or '.join(map(str, allowed))})")
+    """Raise TypeError for a path flag of `group` that is not a bool (or None, for foreach and fused)."""
+    for name, allow_none in (("maximize", False), ("foreach", True), ("fused", True)):
+        if name in group:
+            check_bool(group[name], name, allow_none=allow_none)
 
 
-def fallback_path(owner: str, kernel: str, group: dict[str, Any], device_type: str, reason: str, unfused: str,
-                  warned: set[str]) -> str:
-    """`unfused`, when `owner`'s compiled `kernel` cannot run on `device_type` (for `reason`): raises
-    for ``fused=True``; for ``fused=None`` warns once per device type (recorded in `warned`)."""
+def fallback_path(
+    group: dict[str, Any], device_type: str, *, owner: str, kernel: str, reason: str, unfused: str
+) -> str:
+    """`unfused`, the path to take when `owner`'s compiled `kernel` cannot run on `device_type` (for
+    `reason`): raises RuntimeError for ``fused=True``; for ``fused=None`` warns once per kernel and
+    device type."""
     if group["fused"]:
         raise RuntimeError(f"{owner}(fused=True) cannot run on {device_type}: {reason}")
-    if device_type not in warned:
-        warned.add(device_type)
+    if (kernel, device_type) not in _warned_fallback:
+        _warned_fallback.add((kernel, device_type))
         warnings.warn(
             f"lion_integrations.{owner}: {kernel} unavailable on {device_type} ({reason}); using the {unfused} path",
             RuntimeWarning,
             stacklevel=4,
         )
     return unfused
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """The shard a DTensor holds on this rank; the rule is elementwise, so it runs on shards."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 class Lion(Optimizer):
@@ -118,13 +101,11 @@ class Lion(Optimizer):
             bf16 parameters). The arithmetic is fp32 on every path.
     """
 
-    _codec_state = False  # True in subclasses that keep some momenta quantized (Lion8bit, Lion4bit)
-
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lr: float | torch.Tensor = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.99),
+        lr: float | torch.Tensor = DEFAULT_LR,
+        betas: tuple[float, float] = DEFAULT_BETAS,
         weight_decay: float = 0.0,
         *,
         maximize: bool = False,
@@ -183,21 +164,17 @@ class Lion(Optimizer):
         grad = param.grad if not group["maximize"] else -param.grad
         if isinstance(param, DTensor) and isinstance(grad, DTensor) and grad.placements != param.placements:
             grad = grad.redistribute(param.device_mesh, param.placements)
-        return _local(grad)
+        return local_shard(grad)
 
-    def _gather(self, group: dict[str, Any]):
-        params, grads, exp_avgs = [], [], []
+    def _params_to_step(self, group: dict[str, Any]) -> list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
+        """(param, its gradient on this rank's shard, its state) for each param of `group` that has a
+        gradient, creating the state on first use."""
+        items = []
         for param in group["params"]:
             grad = self._local_grad(param, group)
-            if grad is None:
-                continue
-            state = self._init_state(param, group)
-            if self._codec_state and "exp_avg" not in state:
-                continue  # momentum stored by a codec (Lion8bit, Lion4bit), stepped by its own path
-            params.append(_local(param))
-            grads.append(grad)
-            exp_avgs.append(_local(state["exp_avg"]))
-        return params, grads, exp_avgs
+            if grad is not None:
+                items.append((param, grad, self._init_state(param, group)))
+        return items
 
     def execution_path(self, group: dict[str, Any], device: torch.device, *, any_fusable: bool = True) -> str:
         """The path ('fused', 'foreach' or 'for-loop') a step of `group` takes on `device`.
@@ -207,14 +184,13 @@ class Lion(Optimizer):
         """
         if torch.compiler.is_compiling():
             return "foreach"  # the caller's own torch.compile fuses the traced step
-        foreach = group["foreach"]
-        unfused = "foreach" if (foreach or foreach is None and device.type == "cuda") else "for-loop"
+        unfused = "foreach" if uses_foreach(group["foreach"], device.type) else "for-loop"
         if group["fused"] is False or group["fused"] is None and not any_fusable:
             return unfused
         reason = fused_unavailable_reason(device.type)
         if reason is None:
             return "fused"
-        return fallback_path("Lion", "fused path", group, device.type, reason, unfused, _warned_fallback)
+        return fallback_path(group, device.type, owner="Lion", kernel="fused path", reason=reason, unfused=unfused)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
@@ -229,7 +205,17 @@ class Lion(Optimizer):
         return loss
 
     def _step_group(self, group: dict[str, Any]) -> None:
-        params, grads, exp_avgs = self._gather(group)
+        """One step of the params of `group` that have a gradient, each with its full-precision ``exp_avg``."""
+        params, grads, exp_avgs = [], [], []
+        for param, grad, state in self._params_to_step(group):
+            params.append(local_shard(param))
+            grads.append(grad)
+            exp_avgs.append(local_shard(state["exp_avg"]))
+        self._step_full_precision(group, params, grads, exp_avgs)
+
+    def _step_full_precision(self, group: dict[str, Any], params, grads, exp_avgs) -> None:
+        """Step `params` (shards) of `group` with their `grads` and full-precision `exp_avgs`, bucketed
+        by device and dtypes, each bucket on the path `execution_path` picks."""
         if not params:
             return
         coefficients = LionCoefficients.from_group(group["lr"], group["betas"], group["weight_decay"])
@@ -242,32 +228,14 @@ class Lion(Optimizer):
             path = self.execution_path(group, device, any_fusable=any_fusable)
             if path == "fused":
                 fused_step_(*bucket, coefficients)
-            elif path == "foreach":
-                lion_step_foreach_(*bucket, *vars(coefficients).values())
             else:
-                for param, grad, exp_avg in zip(*bucket):
-                    lion_step_tensor_(param, grad, exp_avg, *vars(coefficients).values())
+                lion_step_unfused_(*bucket, coefficients, foreach=path == "foreach")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict after checking it fits; on any error the optimizer is left unchanged."""
-        saved_groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
-        if saved_groups is None or "state" not in state_dict:
-            raise ValueError("Invalid state_dict: expected a dict with 'state' and 'param_groups'")
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError(
-                f"Invalid state_dict: it has {len(saved_groups)} param groups, the optimizer {len(self.param_groups)}"
-            )
-        from .quantization.convert import param_label
-
+        saved_groups = check_saved_groups(state_dict, self.param_groups)
         converted, kept = {}, {}
-        for group_index, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
-            if not isinstance(saved, dict) or not isinstance(saved.get("params"), (list, tuple)):
-                raise ValueError(f"Invalid state_dict: param group {group_index} has no 'params' list")
-            if len(saved["params"]) != len(group["params"]):
-                raise ValueError(
-                    f"Invalid state_dict: param group {group_index} has {len(saved['params'])} params, "
-                    f"the optimizer's has {len(group['params'])}"
-                )
+        for group, saved in zip(self.param_groups, saved_groups):
             validate_hyperparameters(
                 saved.get("lr", group["lr"]), saved.get("betas", group["betas"]),
                 saved.get("weight_decay", group["weight_decay"]),
@@ -276,8 +244,7 @@ class Lion(Optimizer):
                 entry = state_dict["state"].get(param_id)
                 if entry is None:
                     continue
-                label = param_label(param_id, saved, index)
-                entry, keep = self._load_state_entry(param, param_id, entry, group, saved, label)
+                entry, keep = self._load_state_entry(param, entry, group, saved, param_label(param_id, saved, index))
                 converted[param_id] = {key: value for key, value in entry.items() if key not in keep}
                 kept[param] = keep
         super().load_state_dict({**state_dict, "state": {**state_dict["state"], **converted}})
@@ -286,23 +253,14 @@ class Lion(Optimizer):
             for key, value in tensors.items():
                 self.state[param][key] = value.to(device=param.device)
 
-    def _load_state_entry(self, param, param_id, entry, group, saved_group, label):
+    def _load_state_entry(self, param, entry, group, saved_group, label):
         """Check the saved state `entry` of `param` and return (entry as this optimizer keeps it,
         {key: tensor} to keep in its own dtype); ValueError naming the parameter (`label`) if it does not fit.
 
-        The hook through which Lion8bit/Lion4bit keep momentum in a codec. Quantized momentum (theirs,
-        or bitsandbytes' state1/qmap1/absmax1) is decoded here, so Lion loads their checkpoints too.
+        Momentum saved in another form (quantized codes, bitsandbytes' states: the decoders registered
+        with `state.register_momentum_decoder`) is decoded to full precision first.
         """
-        from .quantization.convert import dequantized_entry
-
-        entry = dequantized_entry(param, param_id, entry, saved_group, label)
-        exp_avg = entry.get("exp_avg") if isinstance(entry, dict) else None
-        if not isinstance(exp_avg, torch.Tensor):
-            raise ValueError(f"Invalid state_dict: state of {label} has no 'exp_avg' tensor")
-        if exp_avg.shape != param.shape:
-            raise ValueError(
-                f"Invalid state_dict: 'exp_avg' of {label} has shape {tuple(exp_avg.shape)}, "
-                f"the parameter has shape {tuple(param.shape)}"
-            )
+        entry = decoded_entry(param, entry, saved_group, label)
+        exp_avg = checked_exp_avg(entry, param, label)
         momentum_dtype = as_momentum_dtype(saved_group.get("momentum_dtype"))
         return entry, ({"exp_avg": exp_avg.to(dtype=momentum_dtype)} if momentum_dtype is not None else {})

@@ -50,17 +50,19 @@ class LionCoefficients:
 
     @classmethod
     def from_group(cls, lr: float, betas: tuple[float, float], weight_decay: float) -> "LionCoefficients":
-        if isinstance(lr, torch.Tensor) and torch.compiler.is_compiling():
-            # Traced into the caller's graph: a tensor lr stays a graph input (as in torch's own
-            # optimizers), so a scheduler's new value neither breaks the graph nor recompiles it.
-            return cls(lr, 1.0 - float(betas[0]), 1.0 - float(betas[1]), 1.0 - lr * float(weight_decay))
-        lr = float(lr)
+        # Traced into the caller's graph, a tensor lr stays a graph input (as in torch's own
+        # optimizers), so a scheduler's new value neither breaks the graph nor recompiles it.
+        if not (isinstance(lr, torch.Tensor) and torch.compiler.is_compiling()):
+            lr = float(lr)
         return cls(lr, 1.0 - float(betas[0]), 1.0 - float(betas[1]), 1.0 - lr * float(weight_decay))
+
+    def scalars(self) -> tuple[float, float, float, float]:
+        """(step_size, update_weight, momentum_weight, decay): the trailing arguments of `lion_update_`."""
+        return self.step_size, self.update_weight, self.momentum_weight, self.decay
 
     def as_tensor(self, device: torch.device) -> torch.Tensor:
         """The four scalars as one fp32 tensor, so compiled code takes new values without recompiling."""
-        values = [self.step_size, self.update_weight, self.momentum_weight, self.decay]
-        return torch.tensor(values, dtype=torch.float32, device=device)
+        return torch.tensor(self.scalars(), dtype=torch.float32, device=device)
 
 
 def lion_update_(ops, param, grad, exp_avg, step_size, update_weight, momentum_weight, decay) -> None:
@@ -100,3 +102,19 @@ def lion_step_foreach_(params, grads, exp_avgs, step_size, update_weight, moment
         torch._foreach_copy_(params, params32)
     if exp_avgs32[0] is not exp_avgs[0]:
         torch._foreach_copy_(exp_avgs, exp_avgs32)
+
+
+def uses_foreach(foreach: bool | None, device_type: str) -> bool:
+    """Whether an unfused step runs the foreach form: as `foreach` says, else (None) on CUDA only,
+    where one launch per operation for many tensors wins; on CPU the per-tensor loop is faster."""
+    return foreach if foreach is not None else device_type == "cuda"
+
+
+def lion_step_unfused_(params, grads, exp_avgs, coefficients: LionCoefficients, *, foreach: bool) -> None:
+    """One step of lists of tensors sharing device and dtypes: `lion_step_foreach_` on all of them,
+    or `lion_step_tensor_` on each."""
+    if foreach:
+        lion_step_foreach_(params, grads, exp_avgs, *coefficients.scalars())
+        return
+    for param, grad, exp_avg in zip(params, grads, exp_avgs):
+        lion_step_tensor_(param, grad, exp_avg, *coefficients.scalars())

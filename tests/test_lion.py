@@ -348,12 +348,8 @@ def test_fused_none_falls_back_with_one_warning_and_fused_true_raises(monkeypatc
         (dict(betas=(0.9, -0.1)), r"Invalid betas\[1\]: -0.1"),
         (dict(betas=(0.9,)), r"Invalid betas: \(0.9,\)"),
         (dict(weight_decay=-0.5), r"Invalid weight_decay: -0.5"),
-        (dict(lr="fast"), r"Invalid lr: 'fast'"),
-        (dict(lr=float("inf")), r"Invalid lr: inf \(must be finite"),
+        (dict(lr=float("inf")), r"Invalid lr: inf \(expected a finite number"),
         (dict(weight_decay=float("inf")), r"Invalid weight_decay: inf"),
-        (dict(maximize="yes"), r"Invalid maximize: 'yes'"),
-        (dict(fused="no"), r"Invalid fused: 'no' \(expected None or False or True\)"),
-        (dict(foreach=1), r"Invalid foreach: 1"),
         (dict(fused=True, foreach=True), r"fused=True with foreach=True"),
         (dict(momentum_dtype=torch.int8), r"Invalid momentum_dtype: torch.int8"),
     ],
@@ -361,6 +357,34 @@ def test_fused_none_falls_back_with_one_warning_and_fused_true_raises(monkeypatc
 def test_bad_arguments_raise_value_error_naming_them(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Lion([nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(lr="fast"), r"Invalid lr: 'fast'"),
+        (dict(lr="1e-3"), r"Invalid lr: '1e-3' \(expected a number, got str\)"),
+        (dict(lr=True), r"Invalid lr: True"),
+        (dict(weight_decay="0.1"), r"Invalid weight_decay: '0.1'"),
+        (dict(betas=["0.9", "0.99"]), r"Invalid betas\[0\]: '0.9'"),
+        (dict(betas=0.9), r"Invalid betas: 0.9"),
+        (dict(maximize="yes"), r"Invalid maximize: 'yes'"),
+        (dict(fused="no"), r"Invalid fused: 'no' \(expected True, False or None\)"),
+        (dict(foreach=1), r"Invalid foreach: 1"),
+        (dict(momentum_dtype=16), r"Invalid momentum_dtype: 16"),
+    ],
+)
+def test_arguments_of_a_wrong_type_raise_type_error_naming_them(kwargs, message):
+    with pytest.raises(TypeError, match=message):
+        Lion([nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+def test_tensor_lr_is_accepted():
+    param = nn.Parameter(torch.ones(2))
+    optimizer = Lion([param], lr=torch.tensor(0.5), fused=False)
+    param.grad = torch.ones(2)
+    optimizer.step()
+    torch.testing.assert_close(param.detach(), torch.full((2,), 0.5))
 
 
 def test_bad_param_group_is_rejected():

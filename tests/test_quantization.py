@@ -534,15 +534,26 @@ def test_4bit_checkpoint_into_8bit_raises():
     "kwargs, message",
     [
         (dict(block_size=0), r"Invalid block_size: 0"),
-        (dict(block_size=1.5), r"Invalid block_size: 1.5"),
-        (dict(block_size=True), r"Invalid block_size: True"),
         (dict(min_quantized_size=-1), r"Invalid min_quantized_size: -1"),
-        (dict(min_quantized_size="big"), r"Invalid min_quantized_size: 'big'"),
         (dict(lr=-1.0), r"Invalid lr: -1.0"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
+        Lion8bit([nn.Parameter(torch.randn(4, 4))], **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(block_size=1.5), r"Invalid block_size: 1.5"),
+        (dict(block_size=True), r"Invalid block_size: True"),
+        (dict(min_quantized_size="big"), r"Invalid min_quantized_size: 'big'"),
+        (dict(lr="1e-3"), r"Invalid lr: '1e-3'"),
+    ],
+)
+def test_arguments_of_a_wrong_type_raise_type_error(kwargs, message):
+    with pytest.raises(TypeError, match=message):
         Lion8bit([nn.Parameter(torch.randn(4, 4))], **kwargs)
 
 
@@ -630,10 +641,11 @@ def test_cuda_fused_matches_cpu_for_loop(bits):
 
 
 def test_fused_none_falls_back_with_one_warning_and_fused_true_raises(monkeypatch):
+    import lion_integrations.optimizer as optimizer_module
     import lion_integrations.quantization.optim as quantized_optim
 
     monkeypatch.setattr(quantized_optim, "quantized_fused_unavailable_reason", lambda device_type, bits: "no compiler here")
-    monkeypatch.setattr(quantized_optim, "_warned_fallback", set())
+    monkeypatch.setattr(optimizer_module, "_warned_fallback", set())
     param = nn.Parameter(torch.randn(64, 128))
     reference = nn.Parameter(param.detach().clone())
     fallback, eager = Lion8bit([param], lr=0.1), Lion8bit([reference], lr=0.1, fused=False)

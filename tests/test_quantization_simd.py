@@ -242,14 +242,14 @@ def test_generated_rule_is_rule_py():
 def test_unavailable_kernel_says_why_and_leaves_the_compiled_step(monkeypatch, tmp_path):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("LION_INTEGRATIONS_CACHE", str(tmp_path / "cache"))
-    simd.library.cache_clear()
+    simd.compiled_step.cache_clear()
     simd.unavailable_reason.cache_clear()
     try:
         reason = simd.unavailable_reason()
         param = torch.randn(8, 64)
         applies = simd.applies(param, param)
     finally:
-        simd.library.cache_clear()
+        simd.compiled_step.cache_clear()
         simd.unavailable_reason.cache_clear()
     assert not applies
     if platform.machine().lower() in ("x86_64", "amd64"):

@@ -46,23 +46,29 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_choice, check_int
+
 SUPPORTED_BITS = (8, 4)
 CODES_DTYPE = torch.uint8
 ABSMAX_DTYPE = torch.float32
 
 
 def check_bits(bits) -> int:
-    if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
-        raise ValueError(f"Invalid bits: {bits!r} (supported: {', '.join(map(str, SUPPORTED_BITS))})")
-    return int(bits)
+    """`bits`, an int in SUPPORTED_BITS."""
+    return check_choice(check_int(bits, "bits"), "bits", SUPPORTED_BITS)
 
 
 def check_block_size(block_size, bits: int = 8) -> int:
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"Invalid block_size: {block_size!r} (must be an int >= 1)")
+    """`block_size`, an int >= 1, even for 4 bits."""
+    block_size = check_int(block_size, "block_size", minimum=1)
     if bits == 4 and block_size % 2:
         raise ValueError(f"Invalid block_size: {block_size!r} (4-bit codes pack two per byte: use an even size)")
     return block_size
+
+
+def check_min_quantized_size(min_quantized_size) -> int:
+    """`min_quantized_size`, an int >= 0 (parameters with fewer elements keep full-precision momentum)."""
+    return check_int(min_quantized_size, "min_quantized_size", minimum=0)
 
 
 # --- 8 bits: seven decimal decades. -------------------------------------------------------------
@@ -72,7 +78,7 @@ DECADES = 7
 DECADE_SCALE = tuple(10.0 ** (t - DECADES + 1) for t in range(DECADES))
 
 
-def _encode_constants(t: int) -> tuple[float, float, float]:
+def decade_encode_constants(t: int) -> tuple[float, float, float]:
     """(A, C, cap) such that a magnitude a of decade t has nearest index min(ceil(a*A - C), cap).
 
     Decade t >= 1 spans [0.1*s, s] (s = 10**(t-6)) in 2**t equal steps, k = 0 being the top of
@@ -108,10 +114,10 @@ def _decode_magnitude8(j: torch.Tensor) -> torch.Tensor:
 
 def _nearest_index8(magnitude: torch.Tensor) -> torch.Tensor:
     """Index j (int32) of the magnitude nearest to each value in [0, 1]."""
-    slope, offset, cap = (torch.full_like(magnitude, value) for value in _encode_constants(0))
+    slope, offset, cap = (torch.full_like(magnitude, value) for value in decade_encode_constants(0))
     for decade in range(1, DECADES):
         inside = magnitude > DECADE_SCALE[decade - 1]
-        decade_slope, decade_offset, decade_cap = _encode_constants(decade)
+        decade_slope, decade_offset, decade_cap = decade_encode_constants(decade)
         slope = torch.where(inside, decade_slope, slope)
         offset = torch.where(inside, decade_offset, offset)
         cap = torch.where(inside, decade_cap, cap)
@@ -219,6 +225,15 @@ def decode_blocks(codes: torch.Tensor, absmax: torch.Tensor, bits: int) -> torch
 # --- Rows: the tensor layout described in the module docstring. ---------------------------------
 
 
+def contiguous_strides(shape) -> tuple[int, ...]:
+    """The strides of a contiguous tensor of `shape`, as torch computes them (a size-0 dim counts as 1)."""
+    stride, strides = 1, []
+    for size in reversed(tuple(shape)):
+        strides.insert(0, stride)
+        stride *= max(size, 1)
+    return tuple(strides)
+
+
 def rows_and_cols(shape) -> tuple[int, int]:
     """How the codec views a tensor of `shape`: (shape[0], product of the other dims); 1-D is one row."""
     shape = tuple(shape)
@@ -262,7 +277,7 @@ def block_views(values, codes, absmax, bits: int, block_size: int):
     ]
 
 
-def _padded_tail(values: torch.Tensor) -> torch.Tensor:
+def padded_to_whole_bytes(values: torch.Tensor) -> torch.Tensor:
     """A 4-bit block of odd length padded with one zero element (its code's unused high nibble)."""
     return F.pad(values, (0, values.shape[-1] % 2))
 
@@ -278,7 +293,7 @@ def quantize_blockwise(values: torch.Tensor, bits: int = 8, block_size: int = 25
     for part_values, part_codes, part_absmax in block_views(flat, codes.view(rows, -1), absmax, bits, block_size):
         if part_values.numel():
             if bits == 4:
-                part_values = _padded_tail(part_values)
+                part_values = padded_to_whole_bytes(part_values)
             new_codes, new_absmax = encode_blocks(part_values, bits)
             part_codes.copy_(new_codes)
             part_absmax.copy_(new_absmax)

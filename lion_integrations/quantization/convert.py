@@ -20,31 +20,23 @@ from typing import Any
 
 import torch
 
+from ..sharding import DTensor, distribute_tensor, local_shard
+from ..state import register_momentum_decoder
 from .codec import (
     ABSMAX_DTYPE,
     CODES_DTYPE,
+    check_bits,
+    check_block_size,
+    contiguous_strides,
     dequantize_blockwise,
     quantize_blockwise,
     quantized_shapes,
 )
 
-try:
-    from torch.distributed.tensor import DTensor, distribute_tensor
-except ImportError:  # torch built without distributed
-    DTensor, distribute_tensor = (), None
-
 CODES, ABSMAX = "exp_avg_codes", "exp_avg_absmax"
 BNB_NESTED = "__bnb_optimizer_quant_state__"
 BNB_KEYS = ("state1", "qmap1", "absmax1")
 BNB_BLOCK_SIZE = 256  # bitsandbytes' block size for its 8-bit optimizers
-
-
-def param_label(param_id: Any, group: dict[str, Any] | None = None, index: int | None = None) -> str:
-    """'param 3' or "param 3 ('fc.weight')" when the group carries torch's param_names."""
-    names = (group or {}).get("param_names")
-    if names is not None and index is not None and index < len(names):
-        return f"param {param_id!r} ({names[index]!r})"
-    return f"param {param_id!r}"
 
 
 def is_quantized_entry(entry: Any) -> bool:
@@ -56,14 +48,6 @@ def is_bnb_entry(entry: Any) -> bool:
 
 
 # --- DTensor plumbing: run codecs on the parameter's local shard. ---------------------------------
-
-
-def _contiguous_stride(shape) -> tuple[int, ...]:
-    stride, strides = 1, []
-    for size in reversed(tuple(shape)):
-        strides.insert(0, stride)
-        stride *= max(size, 1)
-    return tuple(strides)
 
 
 def local_like(param: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
@@ -83,13 +67,13 @@ def wrap_like(param: torch.Tensor, local: torch.Tensor, global_shape) -> torch.T
     if isinstance(param, DTensor):
         return DTensor.from_local(
             local, param.device_mesh, param.placements, run_check=False,
-            shape=torch.Size(global_shape), stride=_contiguous_stride(global_shape),
+            shape=torch.Size(global_shape), stride=contiguous_strides(global_shape),
         )
     return local
 
 
 def local_shape(param: torch.Tensor) -> tuple[int, ...]:
-    return tuple(param.to_local().shape) if isinstance(param, DTensor) else tuple(param.shape)
+    return tuple(local_shard(param).shape)
 
 
 # --- Conversions. ---------------------------------------------------------------------------------
@@ -98,12 +82,13 @@ def local_shape(param: torch.Tensor) -> tuple[int, ...]:
 def saved_codec(label: str, saved_group: dict[str, Any]) -> tuple[int, int]:
     """(bits, block_size) that a group's quantized entries were saved with."""
     bits, block_size = saved_group.get("bits"), saved_group.get("block_size")
-    if bits not in (4, 8) or not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+    try:
+        return check_bits(bits), check_block_size(block_size, bits)
+    except (TypeError, ValueError) as error:
         raise ValueError(
             f"Invalid state_dict: {label} has quantized momentum whose param group gives bits={bits!r}, "
-            f"block_size={block_size!r} (supported: bits 8 or 4, block_size an int >= 1)"
-        )
-    return bits, block_size
+            f"block_size={block_size!r} ({error})"
+        ) from None
 
 
 def check_quantized_shapes(label: str, param, codes, absmax, bits: int, block_size: int) -> None:
@@ -121,7 +106,7 @@ def check_quantized_shapes(label: str, param, codes, absmax, bits: int, block_si
             f"Invalid state_dict: {label} has {CODES!r} of dtype {codes.dtype} and {ABSMAX!r} of dtype "
             f"{absmax.dtype} (expected {CODES_DTYPE} and a floating dtype)"
         )
-    local_absmax = absmax.to_local() if isinstance(absmax, DTensor) else absmax
+    local_absmax = local_shard(absmax)
     if not bool((torch.isfinite(local_absmax) & (local_absmax >= 0)).all()):
         raise ValueError(f"Invalid state_dict: {label} has {ABSMAX!r} values that are negative, inf or NaN")
 
@@ -135,7 +120,7 @@ def decode_momentum(param, codes, absmax, bits: int, block_size: int) -> torch.T
 
 def encode_momentum(param, exp_avg, bits: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes, absmax) of `exp_avg` (a tensor of `param`'s shape), placed like `param`."""
-    local = local_like(param, exp_avg).to(device=(param.to_local() if isinstance(param, DTensor) else param).device)
+    local = local_like(param, exp_avg).to(device=local_shard(param).device)
     codes, absmax = quantize_blockwise(local, bits, block_size)
     codes_shape, absmax_shape = quantized_shapes(param.shape, bits, block_size)
     return wrap_like(param, codes, codes_shape), wrap_like(param, absmax, absmax_shape)
@@ -178,13 +163,13 @@ def decode_bnb(param, label: str, entry: dict[str, Any]) -> torch.Tensor:
     return (flat * scales).reshape(param.shape)
 
 
-def dequantized_entry(param, param_id, entry, saved_group: dict[str, Any], label: str | None = None):
+def dequantized_entry(param, entry, saved_group: dict[str, Any], label: str):
     """`entry` with quantized momentum (ours or bitsandbytes') replaced by full-precision ``exp_avg``.
 
-    Other entries are returned unchanged. Raises ValueError naming the parameter when a quantized
-    entry does not fit `param`.
+    Other entries are returned unchanged. Raises ValueError naming the parameter (`label`) when a
+    quantized entry does not fit `param`. Registered with `state.register_momentum_decoder`, so that
+    `Lion` loads these checkpoints too.
     """
-    label = label or param_label(param_id)
     if is_quantized_entry(entry) and "exp_avg" not in entry:
         bits, block_size = saved_codec(label, saved_group)
         codes, absmax = entry.get(CODES), entry.get(ABSMAX)
@@ -201,3 +186,6 @@ def dequantized_entry(param, param_id, entry, saved_group: dict[str, Any], label
         # DCP's full-state loading merges a saved `exp_avg` into our current (quantized) entry.
         return {k: v for k, v in entry.items() if k not in (CODES, ABSMAX)}
     return entry
+
+
+register_momentum_decoder(dequantized_entry)

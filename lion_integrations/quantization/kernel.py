@@ -22,10 +22,19 @@ import functools
 
 import torch
 
-from ..fused import FUSED_DEVICE_TYPES, INDUCTOR_OPTIONS
+from ..fused import INDUCTOR_OPTIONS, compiled_unavailable_reason
 from ..rule import LionCoefficients, lion_step_tensor_
 from . import simd
-from .codec import CODES_DTYPE, _padded_tail, block_views, decode_blocks, decode_nibbles, encode_blocks, encode_nibbles
+from .codec import (
+    CODES_DTYPE,
+    block_views,
+    contiguous_strides,
+    decode_blocks,
+    decode_nibbles,
+    encode_blocks,
+    encode_nibbles,
+    padded_to_whole_bytes,
+)
 
 # As the fp32 kernel's (a parallel loop whatever the first call's size), and no index bound checks.
 _INDUCTOR_OPTIONS = {**INDUCTOR_OPTIONS, "assert_indirect_indexing": False}
@@ -93,11 +102,7 @@ def _workspace_like(codes: torch.Tensor) -> torch.Tensor:
     buffer = _workspaces.get(codes.device)
     if buffer is None or buffer.numel() < codes.numel():
         buffer = _workspaces[codes.device] = torch.empty(codes.numel(), dtype=CODES_DTYPE, device=codes.device)
-    strides, stride = [], 1
-    for size in reversed(codes.shape):
-        strides.insert(0, stride)
-        stride *= size
-    return buffer.new_empty(0).set_(buffer.untyped_storage(), 0, codes.shape, strides)
+    return buffer.new_empty(0).set_(buffer.untyped_storage(), 0, codes.shape, contiguous_strides(codes.shape))
 
 
 def _row_slices(rows: int, bytes_per_row: int, fused: bool):
@@ -155,7 +160,7 @@ def _step_blocks_(param_rows, grad_rows, codes_rows, absmax, coefficients, bits,
                 continue
             target = part_param
             if bits == 4 and part_param.shape[-1] % 2:  # a short block of odd length: a copy padded to whole bytes
-                part_param, part_grad = _padded_tail(part_param), _padded_tail(part_grad)
+                part_param, part_grad = padded_to_whole_bytes(part_param), padded_to_whole_bytes(part_grad)
             stepped = part_param
             if bits == 4:  # as the elements of the low and of the high nibbles
                 part_param, part_grad = part_param.chunk(2, dim=-1), part_grad.chunk(2, dim=-1)
@@ -166,8 +171,7 @@ def _step_blocks_(param_rows, grad_rows, codes_rows, absmax, coefficients, bits,
                 part_codes.copy_(new_codes)
             else:
                 new_absmax = quantized_lion_step_(
-                    part_param, part_grad, part_codes, part_absmax, part_codes, *vars(coefficients).values(),
-                    bits=bits,
+                    part_param, part_grad, part_codes, part_absmax, part_codes, *coefficients.scalars(), bits=bits
                 )
             part_absmax.copy_(new_absmax)
             if stepped is not target:
@@ -179,17 +183,14 @@ def quantized_fused_unavailable_reason(device_type: str, bits: int) -> str | Non
     """None when the compiled quantized step builds and runs on `device_type`, else why it does not."""
     if device_type == "cpu" and simd.unavailable_reason() is None:
         return None  # fp32 parameters run the AVX-512 kernel; others compile when first stepped
-    if device_type not in FUSED_DEVICE_TYPES:
-        return f"torch.compile fusion is not supported on device type {device_type!r}"
-    try:
+
+    def probe() -> None:
         param = torch.zeros(2, 8, device=device_type)
         codes = torch.zeros(2, 8 * bits // 8, dtype=torch.uint8, device=device_type)
         absmax = torch.zeros(2, 2, device=device_type)
-        coefficients = LionCoefficients.from_group(0.0, (0.9, 0.99), 0.0)
+        coefficients = LionCoefficients(0.0, 0.0, 0.0, 1.0)
         step_quantized_param_(
             param, torch.zeros_like(param), codes, absmax, coefficients, bits=bits, block_size=4, fused=True
         )
-    except Exception as error:  # no C++ compiler, no Triton, unsupported platform...
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        return f"compiling failed with {type(error).__name__}: {first_line}"
-    return None
+
+    return compiled_unavailable_reason(device_type, probe)

@@ -7,20 +7,29 @@ result (`kernel.quantized_lion_step_`), fused by `torch.compile` into one pass.
 
 from __future__ import annotations
 
+import inspect
 import warnings
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-from ..optimizer import Lion, _local, fallback_path
+from ..optimizer import Lion, fallback_path
 from ..rule import LionCoefficients
-from .codec import ABSMAX_DTYPE, CODES_DTYPE, check_bits, check_block_size, quantized_shapes, rows_and_cols
+from ..sharding import DTensor, Replicate, Shard, local_shard
+from ..state import checked_exp_avg, decoded_entry
+from .codec import (
+    ABSMAX_DTYPE,
+    CODES_DTYPE,
+    check_bits,
+    check_block_size,
+    check_min_quantized_size,
+    quantized_shapes,
+    rows_and_cols,
+)
 from .convert import (
     ABSMAX,
     CODES,
     check_quantized_shapes,
-    dequantized_entry,
     encode_momentum,
     is_quantized_entry,
     local_like,
@@ -30,23 +39,11 @@ from .convert import (
 )
 from .kernel import quantized_fused_unavailable_reason, step_quantized_params_
 
-try:
-    from torch.distributed.tensor import DTensor, Replicate, Shard
-except ImportError:  # torch built without distributed
-    DTensor, Replicate, Shard = (), (), ()
-
 # Rows (elements per index of dim 0) shorter than this keep full precision: their block scales
 # would cost more than a quarter of the codes.
 MIN_ROW_LENGTH = 16
 CODEC_KEYS = ("bits", "block_size", "min_quantized_size")
 _warned_placements: set[str] = set()
-_warned_fallback: set[str] = set()
-
-
-def check_min_quantized_size(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"Invalid min_quantized_size: {value!r} (must be an int >= 0)")
-    return value
 
 
 def rows_align(param: torch.Tensor) -> bool:
@@ -56,36 +53,30 @@ def rows_align(param: torch.Tensor) -> bool:
     return all(isinstance(p, Replicate) or (isinstance(p, Shard) and p.dim == 0) for p in param.placements)
 
 
+def _with_lion_options(init):
+    """`init` (which forwards Lion's options through *args, **kwargs) with a signature listing them,
+    so that introspection (Hugging Face's optim_args, LightningCLI) sees every option."""
+    lion, own = inspect.signature(Lion.__init__), inspect.signature(init)
+    codec_options = [option for option in own.parameters.values() if option.kind == option.KEYWORD_ONLY]
+    init.__signature__ = lion.replace(parameters=[*lion.parameters.values(), *codec_options])
+    return init
+
+
 class QuantizedLion(Lion):
     """Base of `Lion8bit` and `Lion4bit`; `bits` is set by the subclass."""
 
     bits: int = 8
-    _codec_state = True
 
+    @_with_lion_options
     def __init__(
-        self,
-        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lr: float | torch.Tensor = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.99),
-        weight_decay: float = 0.0,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        momentum_dtype: torch.dtype | str | None = None,
-        block_size: int = 256,
-        min_quantized_size: int = 4096,
+        self, params, *args: Any, block_size: int = 256, min_quantized_size: int = 4096, **kwargs: Any
     ) -> None:
-        check_bits(self.bits)
         self._codec_defaults = dict(
-            bits=self.bits,
+            bits=check_bits(self.bits),
             block_size=check_block_size(block_size, self.bits),
             min_quantized_size=check_min_quantized_size(min_quantized_size),
         )
-        super().__init__(
-            params, lr, betas, weight_decay,
-            maximize=maximize, foreach=foreach, fused=fused, momentum_dtype=momentum_dtype,
-        )
+        super().__init__(params, *args, **kwargs)
         self.defaults.update(self._codec_defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -141,7 +132,7 @@ class QuantizedLion(Lion):
             bits, block_size = group["bits"], group["block_size"]
             codes_shape, absmax_shape = quantized_shapes(param.shape, bits, block_size)
             local_codes, local_absmax = quantized_shapes(local_shape(param), bits, block_size)
-            device = _local(param).device
+            device = local_shard(param).device
             # Zero bytes decode to zero momentum (see codec.py).
             state[CODES] = wrap_like(param, torch.zeros(local_codes, dtype=CODES_DTYPE, device=device), codes_shape)
             state[ABSMAX] = wrap_like(param, torch.zeros(local_absmax, dtype=ABSMAX_DTYPE, device=device), absmax_shape)
@@ -156,27 +147,29 @@ class QuantizedLion(Lion):
         if reason is None:
             return "fused"
         return fallback_path(
-            type(self).__name__, "fused quantized step", group, device.type, reason, "for-loop", _warned_fallback
+            group, device.type, owner=type(self).__name__, kernel="fused quantized step", reason=reason,
+            unfused="for-loop",
         )
 
     def _step_group(self, group: dict[str, Any]) -> None:
-        super()._step_group(group)  # full-precision momenta; creates every state, quantized or not
-        coefficients, items = None, {}
-        for param in group["params"]:
-            state = self.state.get(param)
-            if param.grad is None or not state or CODES not in state:
-                continue
-            if coefficients is None:
-                coefficients = LionCoefficients.from_group(group["lr"], group["betas"], group["weight_decay"])
-            local_param = _local(param)
-            items.setdefault(local_param.device, []).append(
-                (local_param, self._local_grad(param, group), _local(state[CODES]), _local(state[ABSMAX]))
-            )
-        for device, device_items in items.items():
+        """Full-precision momenta on `Lion`'s paths; quantized ones per device on `_quantized_path`."""
+        full_precision, quantized = ([], [], []), {}
+        for param, grad, state in self._params_to_step(group):
+            local_param = local_shard(param)
+            if CODES in state:
+                quantized.setdefault(local_param.device, []).append(
+                    (local_param, grad, local_shard(state[CODES]), local_shard(state[ABSMAX]))
+                )
+            else:
+                for tensors, tensor in zip(full_precision, (local_param, grad, local_shard(state["exp_avg"]))):
+                    tensors.append(tensor)
+        self._step_full_precision(group, *full_precision)
+        if not quantized:
+            return
+        coefficients = LionCoefficients.from_group(group["lr"], group["betas"], group["weight_decay"])
+        for device, items in quantized.items():
             fused = self._quantized_path(group, device) == "fused"
-            step_quantized_params_(
-                device_items, coefficients, bits=group["bits"], block_size=group["block_size"], fused=fused
-            )
+            step_quantized_params_(items, coefficients, bits=group["bits"], block_size=group["block_size"], fused=fused)
 
     # --- State dicts. --------------------------------------------------------------------------
 
@@ -189,9 +182,9 @@ class QuantizedLion(Lion):
         for group, config in zip(self.param_groups, codec_config):
             group.update(config)
 
-    def _load_state_entry(self, param, param_id, entry, group, saved_group, label):
+    def _load_state_entry(self, param, entry, group, saved_group, label):
         if not self.is_quantized(param, group):
-            return super()._load_state_entry(param, param_id, entry, group, saved_group, label)
+            return super()._load_state_entry(param, entry, group, saved_group, label)
         bits, block_size = group["bits"], group["block_size"]
         if is_quantized_entry(entry) and "exp_avg" not in entry:
             saved_bits, saved_block_size = saved_codec(label, saved_group)
@@ -205,15 +198,8 @@ class QuantizedLion(Lion):
             check_quantized_shapes(label, param, codes, absmax, bits, block_size)
             codes, absmax = _placed_like(param, codes), _placed_like(param, absmax)
             return entry, {CODES: codes, ABSMAX: absmax.to(ABSMAX_DTYPE)}
-        entry = dequantized_entry(param, param_id, entry, saved_group, label)  # bitsandbytes -> exp_avg
-        exp_avg = entry.get("exp_avg") if isinstance(entry, dict) else None
-        if not isinstance(exp_avg, torch.Tensor):
-            raise ValueError(f"Invalid state_dict: state of {label} has no momentum ('exp_avg' or {CODES!r})")
-        if exp_avg.shape != param.shape:
-            raise ValueError(
-                f"Invalid state_dict: 'exp_avg' of {label} has shape {tuple(exp_avg.shape)}, "
-                f"the parameter has shape {tuple(param.shape)}"
-            )
+        entry = decoded_entry(param, entry, saved_group, label)  # e.g. bitsandbytes' -> exp_avg
+        exp_avg = checked_exp_avg(entry, param, label, momentum_keys=("exp_avg", CODES))
         codes, absmax = encode_momentum(param, exp_avg.float(), bits, block_size)
         rest = {k: v for k, v in entry.items() if k != "exp_avg"}
         return rest, {CODES: codes, ABSMAX: absmax}

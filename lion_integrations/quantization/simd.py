@@ -29,11 +29,12 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from ..rule import lion_update_
-from .codec import DECADE_SCALE, DECADES, FOUR_BIT_MIDPOINTS, _encode_constants, decode_codes
+from .codec import DECADE_SCALE, DECADES, FOUR_BIT_MIDPOINTS, decade_encode_constants, decode_codes
 
 TEMPLATE = Path(__file__).with_name("simd_step.cpp")
 # -ffp-contract=off: no fused multiply-adds but the ones written, so the rounding is eager torch's.
@@ -98,13 +99,14 @@ def _float32(value: float) -> float:
     return float(torch.tensor(value, dtype=torch.float32))
 
 
-def _literal(value: float) -> str:
+def float_literal(value: float) -> str:
+    """`value` rounded to float32, as an exact C float literal (hexadecimal), or +-INFINITY."""
     return f"{_float32(value).hex()}f" if math.isfinite(value) else ("INFINITY" if value > 0 else "-INFINITY")
 
 
 def _lanes(values, count: int = 16, pad: float = 0.0) -> str:
     values = list(values)
-    return ", ".join(_literal(v) for v in values + [pad] * (count - len(values)))
+    return ", ".join(float_literal(v) for v in values + [pad] * (count - len(values)))
 
 
 def counts_below_buckets(thresholds, bits: int) -> list[int]:
@@ -132,7 +134,7 @@ def magnitude_bytes8() -> str:
 
 def source_code() -> str:
     """simd_step.cpp with the rule and the codec's tables filled in."""
-    encode8 = [_encode_constants(decade) for decade in range(DECADES)]
+    encode8 = [decade_encode_constants(decade) for decade in range(DECADES)]
     for decade, (slope, offset, cap) in enumerate(encode8):  # magnitude_index8 leaves out the cap
         top = _float32(DECADE_SCALE[decade]) if decade < DECADES - 1 else 1.0
         if _float32(_float32(top * _float32(slope)) - _float32(offset)) > cap - 0.25:
@@ -174,8 +176,10 @@ def cache_folder() -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def library() -> ctypes.CDLL:
-    """The compiled kernel (built on first use, then reused from the cache folder)."""
+def compiled_step() -> Callable[..., int]:
+    """The kernel, ``quantized_lion_step`` of simd_step.cpp, as a ctypes function (its library built
+    on first use, then reused from the cache folder); a call returns nonzero when the kernel could not
+    allocate its block buffers."""
     source, compiler = source_code(), _compiler()
     key = hashlib.sha256("\0".join([source, *compiler, *FLAGS]).encode()).hexdigest()[:20]
     folder = cache_folder()
@@ -193,13 +197,13 @@ def library() -> ctypes.CDLL:
     compiled = ctypes.CDLL(str(path))
     if not compiled.cpu_supported():
         raise RuntimeError("the CPU lacks AVX-512 F/BW/VL/DQ/VBMI")
-    kernel = compiled.quantized_lion_step
-    kernel.restype = ctypes.c_int
-    kernel.argtypes = (
+    entry_point = compiled.quantized_lion_step
+    entry_point.restype = ctypes.c_int
+    entry_point.argtypes = (
         [ctypes.c_int] + [ctypes.POINTER(ctypes.c_void_p)] * 4 + [ctypes.POINTER(ctypes.c_int64)] * 2
         + [ctypes.c_int64, ctypes.c_int] + [ctypes.c_float] * 4 + [ctypes.c_int]
     )
-    return kernel
+    return entry_point
 
 
 @functools.lru_cache(maxsize=None)
@@ -210,7 +214,7 @@ def unavailable_reason() -> str | None:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"not an x86-64 CPU ({platform.machine()})"
     try:
-        library()
+        compiled_step()
     except Exception as error:  # no compiler, a failed build, an unwritable cache, a CPU without AVX-512
         return f"the AVX-512 kernel is unavailable: {error}"
     return None
@@ -238,7 +242,7 @@ def step_(params, grads, codes, absmaxes, coefficients, *, bits: int, block_size
     def sizes(dim):
         return (ctypes.c_int64 * count)(*(param.shape[dim] for param in params))
 
-    failed = library()(
+    failed = compiled_step()(
         count, pointers(params), pointers(grads), pointers(codes), pointers(absmaxes), sizes(0), sizes(1),
         block_size, bits, coefficients.step_size, coefficients.update_weight, coefficients.momentum_weight,
         coefficients.decay, torch.get_num_threads(),
