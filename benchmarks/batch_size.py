@@ -12,7 +12,6 @@ lies on the edge of its grid. Writes outputs/batch_size.md and outputs/batch_siz
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -20,13 +19,12 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, markdown_table, mean_and_spread  # noqa: E402
-
-from lion_integrations import Lion  # noqa: E402
-from lion_integrations.hparams import from_adamw, param_groups  # noqa: E402
+from common import (  # noqa: E402
+    PAPER_RATIOS, arguments, build_optimizer, lion_grid, machine_line, markdown_table, mean_and_spread, pyplot,
+    save_figure, write_report,
+)
 
 ADAMW_WEIGHT_DECAY = 0.05
-RATIOS = (3.0, 10.0)
 
 
 def make_data(samples: int, seed: int = 0):
@@ -48,16 +46,8 @@ def make_model() -> nn.Module:
 
 def grid(name: str, adamw_lrs: list[float]) -> list[tuple[float, float]]:
     """(lr, weight decay) points of `name`, sorted by lr: AdamW's, or Lion's at the paper's ratios."""
-    if name == "AdamW":
-        return [(lr, ADAMW_WEIGHT_DECAY) for lr in adamw_lrs]
-    points = [from_adamw(lr, ADAMW_WEIGHT_DECAY, ratio=ratio) for lr in adamw_lrs for ratio in RATIOS]
-    return sorted((point["lr"], point["weight_decay"]) for point in points)
-
-
-def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    if name == "AdamW":
-        return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
-    return Lion(param_groups(model, weight_decay), lr=lr, fused=False)
+    adamw = [(lr, ADAMW_WEIGHT_DECAY) for lr in adamw_lrs]
+    return adamw if name == "AdamW" else sorted(lion_grid(adamw))
 
 
 def train(name: str, lr: float, weight_decay: float, batch_size: int, epochs: int, seed: int, data) -> float:
@@ -65,7 +55,7 @@ def train(name: str, lr: float, weight_decay: float, batch_size: int, epochs: in
     (train_x, train_y), (val_x, val_y) = data
     torch.manual_seed(seed)
     model = make_model()
-    optimizer = build_optimizer(name, model, lr, weight_decay)
+    optimizer = build_optimizer(name, model, lr, weight_decay, fused=False)
     steps_per_epoch = len(train_x) // batch_size
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
@@ -86,12 +76,8 @@ def train(name: str, lr: float, weight_decay: float, batch_size: int, epochs: in
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
+    """Best validation accuracy against batch size, one line per optimizer, error bars one sd over seeds."""
+    figure, axis = pyplot().subplots(figsize=(6, 4))
     for name, by_batch in results.items():
         sizes = sorted(by_batch)
         means = [by_batch[s][0] for s in sizes]
@@ -102,25 +88,19 @@ def plot(results: dict, path: Path) -> None:
     axis.set_ylabel("validation accuracy (best lr, mean ± sd over seeds)")
     axis.set_title("Lion vs AdamW across batch sizes, fixed epochs")
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="4 batch sizes, 2 seeds, 4 lrs, 10 epochs of 3200 samples")
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs"))
-    args = parser.parse_args()
-    torch.set_num_threads(1)  # a tiny model: threads cost more than they give
-    if args.quick:
-        batch_sizes, seeds, epochs, samples = [16, 64, 256, 1024], [0, 1], 10, 4_000
-        adamw_lrs = [3e-4, 1e-3, 3e-3, 1e-2]
-    else:
-        batch_sizes, seeds, epochs, samples = [16, 32, 64, 128, 256, 512, 1024], [0, 1, 2], 20, 20_000
-        adamw_lrs = [3e-4, 1e-3, 3e-3, 1e-2]
-    data = make_data(samples)
+def settings(quick: bool) -> tuple[list[int], list[int], int, int, list[float]]:
+    """(batch sizes, seeds, epochs, samples, AdamW lrs at batch 64) of a --quick or a full run."""
+    if quick:
+        return [16, 64, 256, 1024], [0, 1], 10, 4_000, [3e-4, 1e-3, 3e-3, 1e-2]
+    return [16, 32, 64, 128, 256, 512, 1024], [0, 1, 2], 20, 20_000, [3e-4, 1e-3, 3e-3, 1e-2]
 
-    # name -> batch size -> (mean, sd, lr, weight decay, on the grid's edge)
+
+def best_points(batch_sizes: list[int], seeds: list[int], epochs: int, adamw_lrs: list[float], data) -> dict:
+    """{optimizer: {batch size: (mean, sd, lr, weight decay, on the grid's edge)}} at each batch size's
+    best grid point (lrs scaled by sqrt(batch / 64)), printed as they come."""
     results: dict[str, dict[int, tuple[float, float, float, float, bool]]] = {"AdamW": {}, "Lion": {}}
     for name in results:
         for batch_size in batch_sizes:
@@ -134,10 +114,19 @@ def main() -> None:
             results[name][batch_size] = best
             print(f"{name:5s} batch {batch_size:5d}: {best[0]:.4f} ± {best[1]:.4f} (lr {best[2]:g}, wd {best[3]:g})",
                   flush=True)
+    return results
 
-    def cell(result) -> str:
-        mean, spread, lr, weight_decay, edge = result
-        return f"{mean:.4f} ± {spread:.4f} (lr {lr:.2g}{' edge' if edge else ''}, wd {weight_decay:g})"
+
+def cell(result) -> str:
+    mean, spread, lr, weight_decay, edge = result
+    return f"{mean:.4f} ± {spread:.4f} (lr {lr:.2g}{' edge' if edge else ''}, wd {weight_decay:g})"
+
+
+def main() -> None:
+    args = arguments(__doc__, "4 batch sizes, 2 seeds, 4 lrs, 10 epochs of 3200 samples").parse_args()
+    torch.set_num_threads(1)  # a tiny model: threads cost more than they give
+    batch_sizes, seeds, epochs, samples, adamw_lrs = settings(args.quick)
+    results = best_points(batch_sizes, seeds, epochs, adamw_lrs, make_data(samples))
 
     rows = []
     for batch_size in batch_sizes:
@@ -150,15 +139,13 @@ def main() -> None:
         f"{machine_line()}. MLP 64-256-256-10 on make_classification ({samples} samples, 80/20 split), "
         f"{epochs} epochs at every batch size, cosine schedule, {len(seeds)} seeds. AdamW wd {ADAMW_WEIGHT_DECAY}, "
         f"lr grid {adamw_lrs} x sqrt(batch/64); Lion at lr / r and wd x r of each AdamW point, "
-        f"r in {', '.join(f'{r:g}' for r in RATIOS)}. Best grid point per batch size, mean ± sd over seeds; "
+        f"r in {', '.join(f'{r:g}' for r in PAPER_RATIOS)}. Best grid point per batch size, mean ± sd over seeds; "
         "'edge': the best lr is the grid's smallest or largest.",
         "",
         markdown_table(header, rows),
     ])
-    print(report)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "batch_size.md").write_text(report + "\n")
-    plot({name: results[name] for name in results}, args.output_dir / "batch_size.png")
+    write_report(args.output_dir, "batch_size", report)
+    plot(results, args.output_dir / "batch_size.png")
 
 
 if __name__ == "__main__":

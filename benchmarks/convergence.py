@@ -13,52 +13,37 @@ optimizer's best point as mean ± sd over seeds. Writes outputs/convergence.md a
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, markdown_table, mean_and_spread  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for `recipes`
+from common import (  # noqa: E402
+    PAPER_RATIOS, arguments, build_optimizer, lion_grid, machine_line, markdown_table, mean_and_spread, pyplot,
+    save_figure, write_report,
+)
 
-import lion_integrations  # noqa: E402
-from lion_integrations.hparams import from_adamw, param_groups  # noqa: E402
+from lion_integrations.discovery.data import DIGITS_IMAGES, digits_split  # noqa: E402
+from recipes import hf_finetune, lightning_finetune  # noqa: E402
 
 OPTIMIZERS = ("AdamW", "Lion", "Lion8bit", "Lion4bit")
-PAPER_RATIOS = (3.0, 10.0)
-
-
-def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the recipe is being defined
-    spec.loader.exec_module(module)
-    return module
 
 
 class DigitsViT:
     name, metric, higher_is_better = "digits-vit", "val accuracy", True
 
     def __init__(self, quick: bool):
-        from sklearn.datasets import load_digits
-
-        self.recipe = load_recipe("lightning_finetune")
-        images, labels = load_digits(return_X_y=True)
-        images = torch.tensor(images, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-        images, labels = images[order], torch.tensor(labels)[order]
-        split = int(0.8 * len(images))
-        self.train_data, self.val_data = (images[:split], labels[:split]), (images[split:], labels[split:])
+        (train_x, train_y), (val_x, val_y) = digits_split(int(0.8 * DIGITS_IMAGES), seed=0)
+        self.train_data, self.val_data = (train_x.view(-1, 1, 8, 8), train_y), (val_x.view(-1, 1, 8, 8), val_y)
         self.epochs, self.batch_size = (8 if quick else 25), 64
         self.adamw_grid = [(1e-3, 0.05), (3e-3, 0.05), (1e-2, 0.05)] if quick else [
             (1e-3, 0.05), (3e-3, 0.05), (1e-2, 0.05), (3e-3, 0.2)]
 
     def model(self) -> nn.Module:
-        return self.recipe.ViT()
+        return lightning_finetune.ViT()
 
     def batches(self, generator):
         images, labels = self.train_data
@@ -82,10 +67,8 @@ class CharGPT2:
     name, metric, higher_is_better = "char-gpt2", "val loss", False
 
     def __init__(self, quick: bool):
-        self.recipe = load_recipe("hf_finetune")
-        arguments = self.recipe.RecipeArguments()
-        train, val, tokenizer = self.recipe.build_data(arguments, None)
-        self.arguments, self.vocab = arguments, len(tokenizer.vocab)
+        self.arguments = hf_finetune.RecipeArguments()
+        train, val, self.vocab = hf_finetune.build_data(self.arguments)
         self.train_ids = torch.stack([example["input_ids"] for example in train])[: (512 if quick else 2048)]
         self.val_ids = torch.stack([example["input_ids"] for example in val])[:128]
         self.epochs, self.batch_size = (2 if quick else 4), 16
@@ -93,7 +76,7 @@ class CharGPT2:
             (1e-3, 0.1), (3e-3, 0.1), (1e-2, 0.1), (3e-3, 0.3)]
 
     def model(self) -> nn.Module:
-        return self.recipe.build_model(self.arguments, self.vocab, seed=torch.initial_seed())
+        return hf_finetune.build_model(self.arguments, self.vocab, seed=torch.initial_seed())
 
     def batches(self, generator):
         order = torch.randperm(len(self.train_ids), generator=generator)
@@ -111,17 +94,8 @@ class CharGPT2:
         return loss
 
 
-def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    if name == "AdamW":
-        return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
-    return getattr(lion_integrations, name)(param_groups(model, weight_decay), lr=lr)
-
-
 def grid(task, name: str, ratios: tuple[float, ...]) -> list[tuple[float, float]]:
-    if name == "AdamW":
-        return task.adamw_grid
-    points = [from_adamw(lr, wd, ratio) for lr, wd in task.adamw_grid for ratio in ratios]
-    return [(point["lr"], point["weight_decay"]) for point in points]
+    return task.adamw_grid if name == "AdamW" else lion_grid(task.adamw_grid, ratios)
 
 
 def quantized_fraction(optimizer: torch.optim.Optimizer) -> float:
@@ -174,12 +148,8 @@ def run_task(task, seeds: list[int], ratios: tuple[float, ...]):
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4))
+    """Per task, the mean training-loss curve of each optimizer at its best grid point."""
+    figure, axes = pyplot().subplots(1, len(results), figsize=(5 * len(results), 4))
     for axis, (task_name, by_optimizer) in zip(axes, results.items()):
         for name, (mean, spread, lr, weight_decay, curve, *_) in by_optimizer.items():
             axis.plot(range(1, len(curve) + 1), curve, marker="o", label=f"{name} (lr {lr:.1e}, wd {weight_decay:g})")
@@ -188,15 +158,11 @@ def plot(results: dict, path: Path) -> None:
         axis.set_ylabel("mean training loss over seeds")
         axis.set_yscale("log")
         axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 seeds, 3 grid points, ratio 3 only, fewer epochs")
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs"))
-    args = parser.parse_args()
+    args = arguments(__doc__, "2 seeds, 3 grid points, ratio 3 only, fewer epochs").parse_args()
     torch.set_num_threads(1)  # small models: one thread is faster than two here
     seeds = [0, 1] if args.quick else [0, 1, 2, 3]
     ratios = PAPER_RATIOS[:1] if args.quick else PAPER_RATIOS
@@ -222,9 +188,7 @@ def main() -> None:
         "share of parameter elements whose state is 8/4-bit (smaller tensors keep full precision).", "",
         *sections,
     ])
-    print(report)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "convergence.md").write_text(report + "\n")
+    write_report(args.output_dir, "convergence", report)
     plot(results, args.output_dir / "convergence.png")
 
 

@@ -12,7 +12,6 @@ of the fused path, cold (empty Inductor cache) and warm (cache from the cold run
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -22,19 +21,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    inplace_add, interleaved_seconds, machine_line, make_params, markdown_table, state_bytes_per_param, write_speed_report,
+    arguments, machine_line, measure_steps, ratio_table, speed_report_head, write_speed_report,
 )
 
 from lion_integrations import Lion  # noqa: E402
 
-LION_BYTES_PER_PARAM = 5 * 4
 
-
-def contenders():
-    """(name, factory or None, reason) for each path of ours and each installed peer."""
-    yield "lion_integrations fused", lambda p: Lion(p, lr=1e-4, weight_decay=0.1, fused=True), ""
-    yield "lion_integrations foreach", lambda p: Lion(p, lr=1e-4, weight_decay=0.1, fused=False, foreach=True), ""
-    yield "lion_integrations for-loop", lambda p: Lion(p, lr=1e-4, weight_decay=0.1, fused=False, foreach=False), ""
+def contenders() -> list[tuple[str, object]]:
+    """(name, optimizer factory or why there is none) for each path of ours and each peer."""
+    found = [
+        ("lion_integrations fused", lambda p: Lion(p, lr=1e-4, weight_decay=0.1, fused=True)),
+        ("lion_integrations foreach", lambda p: Lion(p, lr=1e-4, weight_decay=0.1, fused=False, foreach=True)),
+        ("lion_integrations for-loop", lambda p: Lion(p, lr=1e-4, weight_decay=0.1, fused=False, foreach=False)),
+    ]
     peers = [
         ("lion-pytorch Lion", "lion_pytorch", lambda m, p: m.Lion(p, lr=1e-4, weight_decay=0.1)),
         ("torch-optimi Lion", "optimi", lambda m, p: m.Lion(p, lr=1e-4, weight_decay=0.1)),
@@ -46,35 +45,10 @@ def contenders():
         try:
             module = __import__(module_name)
         except Exception as error:  # not installed: `pip install -e .[bench]`
-            yield name, None, f"not installed ({type(error).__name__})"
+            found.append((name, f"not installed ({type(error).__name__})"))
             continue
-        yield name, (lambda p, module=module, factory=factory: factory(module, p)), ""
-
-
-FLOOR = "in-place add (bandwidth probe)"
-
-
-def measure_steps(total: int, rounds: int) -> tuple[dict[str, tuple[float, float] | str], float]:
-    """({contender: (fastest step seconds, state bytes/param), or why it has none}, floor seconds),
-    all timed in interleaved rounds."""
-    results: dict[str, tuple[float, float] | str] = {}
-    steps, states = {}, {}
-    for name, factory, reason in contenders():
-        if factory is None:
-            results[name] = reason
-            continue
-        try:
-            params = make_params(total)
-            optimizer = factory(params)
-            optimizer.step()
-            steps[name], states[name] = optimizer.step, state_bytes_per_param(optimizer, params)
-        except Exception as error:
-            results[name] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:80]}"
-    add, add_bytes = inplace_add(total)
-    timed = interleaved_seconds({FLOOR: add, **steps}, rounds)
-    floor = LION_BYTES_PER_PARAM * total / (add_bytes / timed.pop(FLOOR))
-    results.update({name: (seconds, states[name]) for name, seconds in timed.items()})
-    return {name: results[name] for name, _, _ in contenders()}, floor
+        found.append((name, lambda p, module=module, factory=factory: factory(module, p)))
+    return found
 
 
 COMPILE_PROBE = textwrap.dedent(
@@ -101,44 +75,31 @@ def measure_compile_seconds() -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, "fewer rounds")
     parser.add_argument("--params", type=int, default=20_000_000, help="parameters in the model (default 20M)")
-    parser.add_argument("--quick", action="store_true", help="fewer rounds")
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs"))
     args = parser.parse_args()
     repeats = 8 if args.quick else 20
 
-    steps, floor = measure_steps(args.params, repeats)
+    steps, floor = measure_steps(contenders(), args.params, repeats)
     timed = {name: result[0] for name, result in steps.items() if isinstance(result, tuple)}
     lion_peers = [s for name, s in timed.items() if not name.startswith("lion_integrations") and "AdamW" not in name]
     best_peer = min(lion_peers) if lion_peers else None
     all_peers = [s for name, s in timed.items() if not name.startswith("lion_integrations")]
 
-    rows = []
-    for name, result in steps.items():
-        if not isinstance(result, tuple):
-            rows.append([name, "-", "-", "-", "-", result])
-            continue
-        seconds, state = result
-        rows.append([
-            name,
+    def cells(seconds: float) -> list[str]:
+        return [
             f"{seconds / floor:.2f}x",
             f"{seconds / best_peer:.2f}x" if best_peer else "-",
             f"{seconds / min(all_peers):.2f}x" if all_peers else "-",
-            f"{state:.3f}",
-            "",
-        ])
+        ]
+
     cold, warm = measure_compile_seconds()
     fused = timed.get("lion_integrations fused")
     header = ["optimizer", "step / memory floor", "step / best Lion peer", "step / best peer incl. AdamW",
               "state bytes/param", "note"]
     report = "\n".join([
-        f"# Optimizer step speed, {args.params / 1e6:.0f}M fp32 parameters ({machine_line()})",
-        "",
-        f"Memory floor: {LION_BYTES_PER_PARAM} bytes/param at the in-place bandwidth measured in this run; "
-        f"fastest of {repeats} interleaved rounds each.",
-        "",
-        markdown_table(header, rows),
+        *speed_report_head("Optimizer step speed", args.params, "Memory floor", repeats),
+        ratio_table(header, steps, cells),
         "",
         f"Fused first-step compile: {cold:.1f} s cold, {warm:.1f} s with the on-disk cache"
         + (f" (= {cold / fused:.0f} and {warm / fused:.0f} fused steps)" if fused else "") + ".",

@@ -35,6 +35,7 @@ import argparse
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -42,8 +43,11 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 
-from lion_integrations import Lion, Lion4bit, Lion8bit
-from lion_integrations.hparams import param_groups
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: this checkout's package
+
+from lion_integrations import Lion, Lion4bit, Lion8bit  # noqa: E402
+from lion_integrations.discovery.data import DIGITS_IMAGES, digits_split  # noqa: E402
+from lion_integrations.hparams import param_groups  # noqa: E402
 
 OPTIMIZERS = {"lion_q8": Lion8bit, "lion_q4": Lion4bit, "lion": Lion}
 
@@ -67,17 +71,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="start a new run in an --output_dir that holds another run's checkpoints (deletes them)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
-
-
-def digits(seed: int):
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    inputs = torch.tensor(data.data, dtype=torch.float32) / 16.0
-    targets = torch.tensor(data.target)
-    order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed))
-    split = int(0.8 * len(order))
-    return (inputs[order[:split]], targets[order[:split]]), (inputs[order[split:]], targets[order[split:]])
 
 
 def batch_indices(step: int, size: int, batch: int, seed: int) -> torch.Tensor:
@@ -108,27 +101,28 @@ def latest_checkpoint(output_dir: Path) -> Path:
     return found[-1]
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+def clear_other_runs(args: argparse.Namespace, accelerator: Accelerator) -> None:
+    """Refuse a new run in an --output_dir holding another run's checkpoints (a later --resume latest
+    would pick them up), or delete them with --overwrite_output_dir."""
     old_checkpoints = sorted(args.output_dir.glob("checkpoint-*"))
-    if old_checkpoints and not args.resume:
-        if not args.overwrite_output_dir:  # a later --resume latest would pick up the other run's
-            raise ValueError(
-                f"Invalid --output_dir: {args.output_dir} holds checkpoints of another run "
-                f"({', '.join(path.name for path in old_checkpoints)}); pass --resume, --overwrite_output_dir "
-                "or a new --output_dir"
-            )
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            for path in old_checkpoints:
-                shutil.rmtree(path)
-        accelerator.wait_for_everyone()
-    set_seed(args.seed)
-    (train_x, train_y), (valid_x, valid_y) = digits(args.seed)
-    if args.batch_size % accelerator.num_processes:
-        raise ValueError(f"Invalid --batch_size: {args.batch_size} (must divide by {accelerator.num_processes} processes)")
+    if not old_checkpoints or args.resume:
+        return
+    if not args.overwrite_output_dir:
+        raise ValueError(
+            f"Invalid --output_dir: {args.output_dir} holds checkpoints of another run "
+            f"({', '.join(path.name for path in old_checkpoints)}); pass --resume, --overwrite_output_dir "
+            "or a new --output_dir"
+        )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for path in old_checkpoints:
+            shutil.rmtree(path)
+    accelerator.wait_for_everyone()
 
+
+def build_training(args: argparse.Namespace):
+    """(model, optimizer, scheduler): an MLP 64-hidden-hidden-10 initialized from --seed, the chosen
+    Lion variant (no weight decay on norms and biases), linear warmup over 10 steps and cosine decay to 0."""
     torch.manual_seed(args.seed)
     model = nn.Sequential(
         nn.Linear(64, args.hidden), nn.LayerNorm(args.hidden), nn.GELU(),
@@ -141,22 +135,28 @@ def main(argv=None) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / 10) * 0.5 * (1 + math.cos(math.pi * min(step, args.steps) / args.steps))
     )
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    progress = Progress()
-    accelerator.register_for_checkpointing(progress)
+    return model, optimizer, scheduler
 
-    if args.resume:
-        checkpoint = latest_checkpoint(args.output_dir) if args.resume == "latest" else Path(args.resume)
-        accelerator.load_state(str(checkpoint))
-        accelerator.print(f"resumed from {checkpoint} at step {progress.step}")
-        if progress.step >= args.steps:
-            accelerator.print(f"{checkpoint} is at step {progress.step} already (--steps {args.steps}): nothing to train")
+
+def resume(args: argparse.Namespace, accelerator: Accelerator, progress: Progress) -> None:
+    """Load the --resume checkpoint (`latest`: the highest step in --output_dir) into every prepared object."""
+    checkpoint = latest_checkpoint(args.output_dir) if args.resume == "latest" else Path(args.resume)
+    accelerator.load_state(str(checkpoint))
+    accelerator.print(f"resumed from {checkpoint} at step {progress.step}")
+    if progress.step >= args.steps:
+        accelerator.print(f"{checkpoint} is at step {progress.step} already (--steps {args.steps}): nothing to train")
+
+
+def train(args: argparse.Namespace, accelerator: Accelerator, model, optimizer, scheduler, progress: Progress,
+          train_x: torch.Tensor, train_y: torch.Tensor) -> tuple[float | None, bool]:
+    """Optimizer steps up to --steps, or to --stop_after; checkpoints every --save_every steps and at a
+    stop. (the last step's training loss, or None if no step ran; whether it stopped early)."""
 
     def save() -> None:
         accelerator.save_state(str(args.output_dir / f"checkpoint-{progress.step}"))
 
     model.train()
-    last_loss = None  # no step trained (a resume at --steps)
+    last_loss = None
     while progress.step < args.steps:
         index = batch_indices(progress.step, len(train_y), args.batch_size, args.seed)
         index = index.chunk(accelerator.num_processes)[accelerator.process_index]
@@ -176,9 +176,14 @@ def main(argv=None) -> dict:
             if not args.save_every or progress.step % args.save_every:
                 save()
             accelerator.print(f"stopping after step {progress.step} (checkpoint-{progress.step})")
-            accelerator.wait_for_everyone()
-            return {"stopped_at": progress.step}
+            return last_loss, True
+    return last_loss, False
 
+
+def evaluate(args: argparse.Namespace, accelerator: Accelerator, model, optimizer, progress: Progress,
+             last_loss: float | None, valid_x: torch.Tensor, valid_y: torch.Tensor) -> dict:
+    """The run's metrics: validation loss and accuracy, optimizer state bytes per parameter, and a
+    checksum of the weights (the sum of every parameter), which a resumed run must reproduce."""
     model.eval()
     with torch.no_grad():
         logits = model(valid_x.to(accelerator.device))
@@ -190,7 +195,7 @@ def main(argv=None) -> dict:
         value.numel() * value.element_size() for state in inner.state.values() for value in state.values()
         if isinstance(value, torch.Tensor)
     )
-    metrics = {
+    return {
         "optimizer": args.optimizer,
         "processes": accelerator.num_processes,
         "steps": progress.step,
@@ -200,11 +205,38 @@ def main(argv=None) -> dict:
         "state_bytes_per_param": state_bytes / sum(p.numel() for p in unwrapped.parameters()),
         "weights_checksum": float(sum(p.detach().double().sum() for p in unwrapped.parameters())),
     }
+
+
+def save_results(args: argparse.Namespace, accelerator: Accelerator, model, metrics: dict) -> None:
+    """Print the metrics; the main process writes metrics.json and final_weights.pt to --output_dir."""
     accelerator.print(json.dumps(metrics))
     if accelerator.is_main_process:
         args.output_dir.mkdir(parents=True, exist_ok=True)
         (args.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        unwrapped = accelerator.unwrap_model(model)
         torch.save([p.detach().cpu() for p in unwrapped.parameters()], args.output_dir / "final_weights.pt")
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    clear_other_runs(args, accelerator)
+    set_seed(args.seed)
+    (train_x, train_y), (valid_x, valid_y) = digits_split(int(0.8 * DIGITS_IMAGES), args.seed)
+    if args.batch_size % accelerator.num_processes:
+        raise ValueError(f"Invalid --batch_size: {args.batch_size} (must divide by {accelerator.num_processes} processes)")
+    model, optimizer, scheduler = accelerator.prepare(*build_training(args))
+    progress = Progress()
+    accelerator.register_for_checkpointing(progress)
+    if args.resume:
+        resume(args, accelerator, progress)
+
+    last_loss, stopped = train(args, accelerator, model, optimizer, scheduler, progress, train_x, train_y)
+    if stopped:
+        accelerator.wait_for_everyone()
+        return {"stopped_at": progress.step}
+    metrics = evaluate(args, accelerator, model, optimizer, progress, last_loss, valid_x, valid_y)
+    save_results(args, accelerator, model, metrics)
     accelerator.wait_for_everyone()
     accelerator.end_training()  # destroys the process group before the interpreter's teardown
     return metrics

@@ -33,11 +33,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lion_integrations.discovery import (  # noqa: E402
-    Search, SearchConfig, is_lion_form, resolve_program, shortest_text, simplify,
+    Search, SearchConfig, Suite, is_lion_form, resolve_program, shortest_text, simplify,
 )
-from lion_integrations.discovery.tasks import (  # noqa: E402
-    ADAMW_WEIGHT_DECAYS, FUNNEL, HELDOUT, PROXY, Suite, denser, lr_grid,
-)
+from lion_integrations.discovery.baseline import ADAMW_WEIGHT_DECAYS, denser  # noqa: E402
+from lion_integrations.discovery.tasks import FUNNEL, HELDOUT, PROXY, lr_grid  # noqa: E402
 
 PAPER_RATES = "the paper reports 69.8% redundant statements and an 89.1% cache-hit rate"
 
@@ -84,15 +83,9 @@ def stage_specs(quick: bool = False) -> dict[str, tuple]:
     return {"proxy": PROXY, "funnel": funnel, "heldout": heldout}
 
 
-def main(argv=None) -> dict:
-    args = arguments(argv)
-    torch.set_num_threads(args.threads)
-    budget = 60.0 * args.budget_minutes
-    started = time.perf_counter()
-    stages = {name: Suite(specs) for name, specs in stage_specs(args.quick).items()}
-    for name, suite in stages.items():
-        print(f"{name}: {suite}")
-
+def tune_adamw(stages: dict[str, Suite]) -> dict[str, float]:
+    """Tune AdamW on every task (the references of every score) and print it; the seconds one
+    training run takes per stage, which sizes the time left for the search."""
     decays = ", ".join(f"{wd:g}" for wd in ADAMW_WEIGHT_DECAYS)
     print(f"\nTuned AdamW (lr grid at 4 a decade x weight decay {{{decays}}}) per task:")
     timing = {}
@@ -107,39 +100,50 @@ def main(argv=None) -> dict:
             note = f"  (best {' and '.join(edge)} at the edge of the grid)" if edge else ""
             print(f"  {name:8s} {task:8s} loss {result.loss:.4f} (acc {result.accuracy:.3f}) at lr {result.lr:g}, "
                   f"wd {decay:g}{note}")
+    return timing
+
+
+def score_references(args: argparse.Namespace, stages: dict[str, Suite]) -> dict[str, dict]:
+    """{label: {stage: score}} of the warm start and (but with --quick) Lion, printed."""
     start = resolve_program(args.start)
     references = {"warm start": start} if args.quick else {"warm start": start, "lion": resolve_program("lion")}
     print("\nReferences (score = mean loss / tuned AdamW's loss):")
-    reference_scores = {}
+    scores = {}
     for label, program in references.items():
-        reference_scores[label] = {name: suite.evaluate(program) for name, suite in stages.items()}
-        for name, result in reference_scores[label].items():
+        scores[label] = {name: suite.evaluate(program) for name, suite in stages.items()}
+        for name, result in scores[label].items():
             print(f"  {label:10s} {name:8s} {describe(result)}")
+    return scores
+
+
+def search(args: argparse.Namespace, stages: dict[str, Suite], seconds: float):
+    """Regularized evolution from --start for `seconds`, scored on the proxy stage, children that beat
+    AdamW there checked on the funnel stage; prints its statistics and returns its `SearchResult`."""
 
     def funnel_check(program):
         result = stages["funnel"].evaluate(program)
         return result.loss, result.loss < 1.0
 
-    # Leave time for the final stage: simplification (~40 proxy evaluations a program), one funnel
-    # and one held-out evaluation per program.
-    final_seconds = args.top * (40 * timing["proxy"] + timing["funnel"] + timing["heldout"])
-    search_seconds = max(budget - (time.perf_counter() - started) - final_seconds, 5.0)
     config = SearchConfig(
         population=args.population, tournament=args.tournament, max_statements=args.max_statements,
         restart_after=args.restart_after,
     )
-    print(f"\nRegularized evolution from {args.start!r} for {search_seconds / 60:.1f} min "
+    print(f"\nRegularized evolution from {args.start!r} for {seconds / 60:.1f} min "
           f"(population {config.population}, tournament {config.tournament}, seed {args.seed}):")
-    search = Search(lambda p: stages["proxy"].evaluate(p).loss, 1.0, config, args.seed, funnel_check, print)
-    found = search.run(start, budget_seconds=search_seconds)
+    evolution = Search(lambda p: stages["proxy"].evaluate(p).loss, 1.0, config, args.seed, funnel_check, print)
+    found = evolution.run(resolve_program(args.start), budget_seconds=seconds)
     stats = found.stats
     print(f"\nSearch: {stats.summary()}")
     print(f"  redundancy {100 * stats.redundancy:.1f}% of statements, cache-hit rate {100 * stats.cache_hit_rate:.1f}% "
           f"({PAPER_RATES})")
     print(f"  {len(found.accepted)} program(s) accepted by the funnel; best proxy score {found.best.loss:.4f}")
+    return found
 
-    # Candidates for the held-out stage: accepted programs by funnel score, else the best proxy programs
-    # (reported as not accepted); one per shape (programs that differ only in constants count once).
+
+def final_programs(args: argparse.Namespace, stages: dict[str, Suite], found) -> list:
+    """Up to --top simplified programs for the held-out stage: accepted programs by funnel score, else
+    the best proxy programs (reported as not accepted); one per shape (programs that differ only in
+    constants count once)."""
     if found.accepted:
         pool = [a.program for a in sorted(found.accepted, key=lambda a: a.funnel_loss)]
     else:
@@ -156,19 +160,14 @@ def main(argv=None) -> dict:
             continue
         shapes.add(shape_of(simple))
         finals.append(simple)
+    return finals
 
-    report = {
-        "config": {k: str(v) for k, v in vars(args).items()},
-        "adamw": {name: {task: {"loss": r.loss, "accuracy": r.accuracy, "lr": r.lr} for task, r in suite.adamw().parts.items()}
-                  for name, suite in stages.items()},
-        "references": {label: {name: r.loss for name, r in scores.items()} for label, scores in reference_scores.items()},
-        "search": {**vars(stats), "redundancy": stats.redundancy, "cache_hit_rate": stats.cache_hit_rate,
-                   "accepted": len(found.accepted), "best_proxy": found.best.loss},
-        "programs": [],
-    }
-    warm = reference_scores["warm start"]
+
+def report_programs(stages: dict[str, Suite], finals: list, found, warm: dict) -> list[dict]:
+    """Score each final program again on every stage; print and return one entry per program."""
     print("\nBest programs, simplified and then evaluated again on every stage (so the scores can differ from "
           "the search's); score = mean validation loss / tuned AdamW's:")
+    entries = []
     for rank, program in enumerate(finals, 1):
         scores = {name: suite.evaluate(program) for name, suite in stages.items()}
         labels = [label for label, on in (("Lion form", is_lion_form(program)),
@@ -177,35 +176,75 @@ def main(argv=None) -> dict:
         print("    " + shortest_text(program).replace("\n", "\n    "))
         for name, result in scores.items():
             print(f"  {name:8s} {describe(result)}; warm start {warm[name].loss:.4f}")
-        report["programs"].append({
+        entries.append({
             "text": str(program), "short": shortest_text(program), "lion_form": is_lion_form(program),
             "accepted": bool(found.accepted),
             **{name: {"score": r.loss, "beats_adamw": r.loss < 1.0, "beats_warm_start": r.loss < warm[name].loss,
                       "tasks": {task: {"loss": t.loss, "lr": t.lr} for task, t in r.parts.items()}}
                for name, r in scores.items()},
         })
+    return entries
 
+
+def report_findings(found, entries: list[dict], warm: dict) -> tuple[int, bool]:
+    """Print whether a Lion-form program was found and how many accepted programs beat tuned AdamW on
+    the held-out task; (that count, whether a Lion-form program was found)."""
     lion_forms = [key for key, program in found.programs.items() if is_lion_form(program)]
     lion_best = min((found.cache[key] for key in lion_forms), default=None)
     print(f"\nLion-form program (update = sign(interp(g, m, c1)), m = interp(g, m, c2)) found: "
           f"{'yes' if lion_forms else 'no'}", end="")
     print(f" ({len(lion_forms)} of {len(found.programs)} distinct programs evaluated; best proxy score {lion_best:.4f})"
           if lion_forms else f" (among {len(found.programs)} distinct programs evaluated)")
-    accepted = [p for p in report["programs"] if p["accepted"]]
-    held = [p for p in accepted if p["heldout"]["beats_adamw"]]
-    held_warm = [p for p in held if p["heldout"]["beats_warm_start"]]
+    accepted = [entry for entry in entries if entry["accepted"]]
+    held = [entry for entry in accepted if entry["heldout"]["beats_adamw"]]
+    held_warm = [entry for entry in held if entry["heldout"]["beats_warm_start"]]
     print(f"Accepted programs beating tuned AdamW on the held-out task: {len(held)} of {len(accepted)} "
           f"({len(held_warm)} also beat the warm start, whose held-out score is {warm['heldout'].loss:.4f})")
-    report["found"] = len(held)
-    report["lion_form_found"] = bool(lion_forms)
+    return len(held), bool(lion_forms)
+
+
+def write_results(out: Path, report: dict, finals: list) -> None:
+    """results.json and program_<rank>.txt (each usable as DiscoveredOptimizer(program=path)) in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    for rank, program in enumerate(finals, 1):
+        (out / f"program_{rank}.txt").write_text(str(program) + "\n")
+    print(f"Wrote {out}/results.json and program_*.txt (usable as DiscoveredOptimizer(program=path))")
+
+
+def main(argv=None) -> dict:
+    args = arguments(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    stages = {name: Suite(specs) for name, specs in stage_specs(args.quick).items()}
+    for name, suite in stages.items():
+        print(f"{name}: {suite}")
+    timing = tune_adamw(stages)
+    reference_scores = score_references(args, stages)
+
+    # Leave time for the final stage: simplification (~40 proxy evaluations a program), one funnel
+    # and one held-out evaluation per program.
+    final_seconds = args.top * (40 * timing["proxy"] + timing["funnel"] + timing["heldout"])
+    search_seconds = max(60.0 * args.budget_minutes - (time.perf_counter() - started) - final_seconds, 5.0)
+    found = search(args, stages, search_seconds)
+    finals = final_programs(args, stages, found)
+
+    stats = found.stats
+    warm = reference_scores["warm start"]
+    report = {
+        "config": {k: str(v) for k, v in vars(args).items()},
+        "adamw": {name: {task: {"loss": r.loss, "accuracy": r.accuracy, "lr": r.lr} for task, r in suite.adamw().parts.items()}
+                  for name, suite in stages.items()},
+        "references": {label: {name: r.loss for name, r in scores.items()} for label, scores in reference_scores.items()},
+        "search": {**vars(stats), "redundancy": stats.redundancy, "cache_hit_rate": stats.cache_hit_rate,
+                   "accepted": len(found.accepted), "best_proxy": found.best.loss},
+        "programs": report_programs(stages, finals, found, warm),
+    }
+    report["found"], report["lion_form_found"] = report_findings(found, report["programs"], warm)
     report["minutes"] = (time.perf_counter() - started) / 60
     print(f"Total time {report['minutes']:.1f} min")
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(report, indent=2))
-        for rank, program in enumerate(finals, 1):
-            (args.out / f"program_{rank}.txt").write_text(str(program) + "\n")
-        print(f"Wrote {args.out}/results.json and program_*.txt (usable as DiscoveredOptimizer(program=path))")
+        write_results(args.out, report, finals)
     return report
 
 

@@ -18,32 +18,29 @@ Every `TrainingArguments` option works as on any HfArgumentParser script.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import inspect
-import logging
 import math
 import sys
 from dataclasses import dataclass, field
+from operator import itemgetter
+from pathlib import Path
 
 import torch
 
-from lion_integrations.hf import parse_optim_args  # importing registers optim="lion" for the parser
-from lion_integrations import Lion
-from lion_integrations.hparams import DEFAULT_RATIO, from_adamw
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GPT2Config,
-    GPT2LMHeadModel,
-    HfArgumentParser,
-    Trainer,
-    TrainingArguments,
-    set_seed,
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: `recipes.*`, this checkout's package
+
+from lion_integrations.hparams import DEFAULT_RATIO  # noqa: E402
+from recipes.common import Column, format_table, require_datasets, show_lion_logs  # noqa: E402
+from recipes.trainer_runs import (  # noqa: E402
+    RUN_COLUMNS, RUN_DEFAULTS, TIME_COLUMN, optim_name, parse_arguments, run_args, train_one, warm_up_fused_lion,
+)
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, TrainingArguments, set_seed,
 )
 
 OFFLINE_DEFAULTS = dict(
-    optim="lion",
+    RUN_DEFAULTS,
     output_dir="outputs/hf_finetune",
     max_steps=120,
     per_device_train_batch_size=16,
@@ -53,13 +50,15 @@ OFFLINE_DEFAULTS = dict(
     lr_scheduler_type="cosine",
     warmup_steps=10,
     logging_steps=20,
-    save_strategy="no",
-    eval_strategy="no",
-    report_to="none",
-    disable_tqdm=True,
-    seed=0,
-    dataloader_num_workers=0,
-    dataloader_pin_memory=torch.cuda.is_available(),
+)
+
+COLUMNS = (
+    *RUN_COLUMNS,
+    Column("wd", 7, itemgetter("weight_decay"), ".2f"),
+    Column("train loss", 12, itemgetter("train_loss"), ".3f"),
+    Column("eval loss", 11, itemgetter("eval_loss"), ".3f"),
+    Column("eval ppl", 10, lambda row: math.exp(row["eval_loss"]), ".2f"),
+    TIME_COLUMN,
 )
 
 
@@ -100,11 +99,7 @@ def stdlib_text(module_names: str) -> str:
 
 def hub_texts(recipe: RecipeArguments) -> tuple[str, str]:
     """(train, eval) text of a hub dataset; eval is its validation split when it has one."""
-    try:
-        import datasets
-    except ImportError:
-        raise SystemExit("--dataset_name needs the `datasets` package: pip install datasets") from None
-    loaded = datasets.load_dataset(recipe.dataset_name, recipe.dataset_config_name)
+    loaded = require_datasets().load_dataset(recipe.dataset_name, recipe.dataset_config_name)
     train = "\n".join(loaded["train"]["text"])
     eval_split = next((loaded[name] for name in ("validation", "test") if name in loaded), None)
     return (train, "\n".join(eval_split["text"])) if eval_split is not None else split_text(train)
@@ -133,19 +128,23 @@ class CharTokenizer:
         return [self.index[char] for char in text if char in self.index]
 
 
-def build_data(recipe: RecipeArguments, tokenizer) -> tuple[list, list, object]:
-    """(train blocks, eval blocks, tokenizer); a character tokenizer when no model is named."""
+def build_data(recipe: RecipeArguments) -> tuple[list, list, int]:
+    """(train blocks, eval blocks, vocabulary size), tokenized by the hub model's tokenizer, else by
+    a character tokenizer of the text."""
+    tokenizer = AutoTokenizer.from_pretrained(recipe.model_name_or_path) if recipe.model_name_or_path else None
     train_text, eval_text = hub_texts(recipe) if recipe.dataset_name else split_text(stdlib_text(recipe.text_modules))
     if tokenizer is None:
         tokenizer = CharTokenizer(train_text + eval_text)
+    vocab_size = len(tokenizer.vocab) if isinstance(tokenizer, CharTokenizer) else len(tokenizer)
     return (
         blocks(tokenizer.encode(train_text), recipe.block_size, recipe.max_train_blocks),
         blocks(tokenizer.encode(eval_text), recipe.block_size, recipe.max_eval_blocks),
-        tokenizer,
+        vocab_size,
     )
 
 
 def build_model(recipe: RecipeArguments, vocab_size: int, seed: int):
+    """The hub model, else a tiny GPT-2 from a config; initialized from `seed` (alike for every run)."""
     set_seed(seed)
     if recipe.model_name_or_path:
         return AutoModelForCausalLM.from_pretrained(recipe.model_name_or_path)
@@ -156,85 +155,46 @@ def build_model(recipe: RecipeArguments, vocab_size: int, seed: int):
     return GPT2LMHeadModel(config)
 
 
-# --- runs -------------------------------------------------------------------------------------
+# --- stages -----------------------------------------------------------------------------------
 
 
-def run_args(args: TrainingArguments, optim: str, recipe: RecipeArguments) -> TrainingArguments:
-    """TrainingArguments of one run; Lion variants get from_adamw(learning_rate, weight_decay, lion_ratio)."""
-    if "lion" in optim:
-        hparams = from_adamw(args.learning_rate, args.weight_decay, recipe.lion_ratio)
-    else:
-        hparams = {"lr": args.learning_rate, "weight_decay": args.weight_decay}
-    chosen = getattr(args.optim, "value", args.optim)
-    return dataclasses.replace(
-        args, optim=optim, optim_args=args.optim_args if optim == chosen else None,
-        learning_rate=hparams["lr"], weight_decay=hparams["weight_decay"], output_dir=f"{args.output_dir}/{optim}",
-    )
+def optims_to_compare(args: TrainingArguments, recipe: RecipeArguments) -> list[str]:
+    """--optim, then adamw_torch unless --compare_adamw false (or it is --optim already)."""
+    optims = [optim_name(args)]
+    if recipe.compare_adamw and "adamw_torch" not in optims:
+        optims.append("adamw_torch")
+    return optims
 
 
-def warm_up_lion(device: torch.device) -> None:
-    """One Lion step on scratch tensors shaped like a model's (1-D and 2-D, requires_grad), so the
-    fused path's one-time torch.compile is not timed as training."""
-    scratch = [torch.zeros(8, device=device, requires_grad=True), torch.zeros(4, 8, device=device, requires_grad=True)]
-    for tensor in scratch:
-        tensor.grad = torch.ones_like(tensor)
-    Lion(scratch).step()
+def train_all(args: TrainingArguments, recipe: RecipeArguments, train: list, evaluation: list, vocab_size: int) -> list[dict]:
+    """One row per optimizer (`trainer_runs.train_one`), each from the same initialization and batch order."""
+    optims = optims_to_compare(args, recipe)
+    warm_up_fused_lion(args, optims)
+    rows = []
+    for optim in optims:
+        run = run_args(args, optim, recipe.lion_ratio)
+        model = build_model(recipe, vocab_size, run.seed)
+        rows.append(train_one(run, model, train_dataset=train, eval_dataset=evaluation))
+    return rows
 
 
-def train_one(args: TrainingArguments, recipe: RecipeArguments, train, evaluation, vocab_size: int) -> dict:
-    model = build_model(recipe, vocab_size, args.seed)
-    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation)
-    output = trainer.train()
-    logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
-    return {
-        "optim": getattr(args.optim, "value", args.optim),
-        "class": type(optimizer).__name__,
-        "lr": args.learning_rate,
-        "weight_decay": args.weight_decay,
-        "train_loss": logged[-1] if logged else output.training_loss,
-        "eval_loss": trainer.evaluate()["eval_loss"],
-        "seconds": output.metrics["train_runtime"],
-    }
-
-
-def format_table(rows: list[dict]) -> str:
-    header = (f"{'optim':<14}{'optimizer':<12}{'lr':>10}{'wd':>7}{'train loss':>12}{'eval loss':>11}"
-              f"{'eval ppl':>10}{'time s':>8}")
-    lines = [header, "-" * len(header)]
-    for row in rows:
-        lines.append(
-            f"{row['optim']:<14}{row['class']:<12}{row['lr']:>10.2e}{row['weight_decay']:>7.2f}"
-            f"{row['train_loss']:>12.3f}{row['eval_loss']:>11.3f}{math.exp(row['eval_loss']):>10.2f}"
-            f"{row['seconds']:>8.1f}"
-        )
-    return "\n".join(lines)
+def report(args: TrainingArguments, recipe: RecipeArguments, rows: list[dict]) -> None:
+    """The setting of the runs and the comparison table."""
+    print(f"\n{args.max_steps} steps, batch {args.per_device_train_batch_size}, AdamW setting lr="
+          f"{args.learning_rate:g} wd={args.weight_decay:g}; Lion lr/wd by from_adamw(ratio={recipe.lion_ratio:g}); "
+          "time = train_runtime")
+    print(format_table(rows, COLUMNS))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     """Parse the command line, train each optimizer, print and return the comparison rows."""
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    logging.getLogger("lion_integrations").setLevel(logging.INFO)
-    parser = HfArgumentParser((RecipeArguments, TrainingArguments))
-    parser.set_defaults(**OFFLINE_DEFAULTS)
-    recipe, args = parser.parse_args_into_dataclasses(args=argv)
-
-    tokenizer = AutoTokenizer.from_pretrained(recipe.model_name_or_path) if recipe.model_name_or_path else None
-    train, evaluation, tokenizer = build_data(recipe, tokenizer)
-    vocab_size = len(tokenizer.vocab) if isinstance(tokenizer, CharTokenizer) else len(tokenizer)
+    show_lion_logs()
+    recipe, args = parse_arguments(RecipeArguments, OFFLINE_DEFAULTS, argv)
+    train, evaluation, vocab_size = build_data(recipe)
     print(f"data: {len(train)} train / {len(evaluation)} eval blocks of {recipe.block_size} tokens "
           f"({recipe.model_name_or_path or f'tiny GPT-2, {vocab_size} characters'})")
-
-    optims = [getattr(args.optim, "value", args.optim)]
-    if recipe.compare_adamw and "adamw_torch" not in optims:
-        optims.append("adamw_torch")
-    if optims[0] == "lion" and parse_optim_args(args.optim_args).get("fused", "").lower() != "false":
-        warm_up_lion(args.device)
-    rows = [train_one(run_args(args, optim, recipe), recipe, train, evaluation, vocab_size) for optim in optims]
-    print(f"\n{args.max_steps} steps, batch {args.per_device_train_batch_size}, AdamW setting lr="
-          f"{args.learning_rate:g} wd={args.weight_decay:g}; Lion lr/wd by from_adamw(ratio={recipe.lion_ratio:g}); "
-          "time = train_runtime")
-    print(format_table(rows))
+    rows = train_all(args, recipe, train, evaluation, vocab_size)
+    report(args, recipe, rows)
     return rows
 
 

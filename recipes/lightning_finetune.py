@@ -39,9 +39,13 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lion_integrations.hparams import DEFAULT_RATIO, from_adamw, param_groups
-from lion_integrations.lightning import configure_lion
-from lion_integrations.schedules import warmup_cosine
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: `recipes.*`, this checkout's package
+
+from lion_integrations.discovery.data import shuffled_digits  # noqa: E402
+from lion_integrations.hparams import DEFAULT_RATIO, from_adamw, param_groups  # noqa: E402
+from lion_integrations.lightning import configure_lion  # noqa: E402
+from lion_integrations.schedules import warmup_cosine  # noqa: E402
+from recipes.common import require_datasets  # noqa: E402
 
 OPTIMIZERS = ("adamw", "lion")
 
@@ -134,18 +138,14 @@ class DigitsClassifier(pl.LightningModule):
 
 
 def digits_loaders(batch_size: int, seed: int, validation_fraction: float = 0.2) -> tuple[DataLoader, DataLoader]:
-    """Train/validation loaders over load_digits, pixels scaled to [0, 1]; a seeded split and shuffle."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    labels = torch.tensor(digits.target, dtype=torch.long)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    """Train/validation loaders over scikit-learn's digits as [1, 8, 8] images in [0, 1]: the first
+    `validation_fraction` of `shuffled_digits(seed)` validates, the rest trains, shuffled from `seed`."""
+    features, labels = shuffled_digits(seed)
+    images = features.view(-1, 1, 8, 8)
     n_val = int(len(labels) * validation_fraction)
-    val, train = order[:n_val], order[n_val:]
-    train_loader = DataLoader(TensorDataset(images[train], labels[train]), batch_size=batch_size, shuffle=True,
+    train_loader = DataLoader(TensorDataset(images[n_val:], labels[n_val:]), batch_size=batch_size, shuffle=True,
                               generator=torch.Generator().manual_seed(seed))
-    val_loader = DataLoader(TensorDataset(images[val], labels[val]), batch_size=256)
+    val_loader = DataLoader(TensorDataset(images[:n_val], labels[:n_val]), batch_size=256)
     return train_loader, val_loader
 
 
@@ -157,10 +157,7 @@ def hub_loaders(dataset_name: str, image_column: str, label_column: str, batch_s
     squares in [0, 1] for the ViT."""
     import numpy
 
-    try:
-        import datasets
-    except ImportError:
-        raise SystemExit("--dataset_name needs the `datasets` package: pip install datasets") from None
+    datasets = require_datasets()
     loaded = datasets.load_dataset(dataset_name)
     if "train" not in loaded:
         raise ValueError(f"Invalid dataset_name: {dataset_name!r} has no 'train' split (splits: {list(loaded)})")
@@ -238,6 +235,48 @@ def plot(runs: dict[str, dict[str, list[tuple[int, float]]]], path: Path, smooth
     plt.close(figure)
 
 
+def load_data(dataset_name: str | None, image_column: str, label_column: str, batch_size: int, seed: int,
+              model_name_or_path: str | None, model: dict[str, Any] | None) -> tuple[DataLoader, DataLoader, list[str] | None]:
+    """(train loader, validation loader, label names): `hub_loaders` for a `dataset_name`, else
+    `digits_loaders` (labels None: the digits 0-9)."""
+    if not dataset_name:
+        return (*digits_loaders(batch_size, seed), None)
+    image_size = (model or {}).get("image_size", 8)
+    return hub_loaders(dataset_name, image_column, label_column, batch_size, seed, model_name_or_path, image_size)
+
+
+def fit(module: DigitsClassifier, train_loader: DataLoader, val_loader: DataLoader, epochs: int, log_root: Path,
+        name: str) -> tuple[dict[str, list[tuple[int, float]]], dict[str, float]]:
+    """Train `module` on the CPU, logging to `log_root/name/metrics.csv`; prints and returns (its
+    logged series, final metrics: val_acc, val_loss, train_loss, peak_lr, weight_decay, seconds)."""
+    logger = CSVLogger(log_root, name=name, version="")
+    trainer = pl.Trainer(
+        max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, log_every_n_steps=max(1, min(5, len(train_loader))),
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    started = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader)
+    seconds = time.perf_counter() - started
+    series = read_metrics(Path(logger.log_dir))
+    optimizer = trainer.optimizers[0]
+    final = {
+        "val_acc": series["val_acc"][-1][1],
+        "val_loss": series["val_loss"][-1][1],
+        "train_loss": series["train_loss"][-1][1],
+        "peak_lr": optimizer.param_groups[0]["initial_lr"],
+        "weight_decay": optimizer.param_groups[0]["weight_decay"],
+        "seconds": seconds,
+    }
+    print(
+        f"{name:>5}: {type(optimizer).__name__} lr={final['peak_lr']:.3g} wd={final['weight_decay']:.3g} "
+        f"| final val_acc={final['val_acc']:.4f} val_loss={final['val_loss']:.4f} "
+        f"train_loss={final['train_loss']:.4f} | {trainer.global_step} steps in {seconds:.1f}s",
+        flush=True,
+    )
+    return series, final
+
+
 def main(
     optimizers: list[str] = list(OPTIMIZERS),
     epochs: int = 25,
@@ -282,41 +321,11 @@ def main(
     runs, finals = {}, {}
     for name in optimizers:
         pl.seed_everything(seed, verbose=False)  # same init, dropout and data order for every run
-        labels = None
-        if dataset_name:
-            image_size = (model or {}).get("image_size", 8)
-            train_loader, val_loader, labels = hub_loaders(
-                dataset_name, image_column, label_column, batch_size, seed, model_name_or_path, image_size)
-        else:
-            train_loader, val_loader = digits_loaders(batch_size, seed)
+        train_loader, val_loader, labels = load_data(dataset_name, image_column, label_column, batch_size, seed,
+                                                     model_name_or_path, model)
         module = DigitsClassifier(name, adamw_lr, adamw_weight_decay, ratio, betas, warmup_steps, model, lion_kwargs,
                                   model_name_or_path, labels)
-        logger = CSVLogger(output / "lightning_logs", name=name, version="")
-        trainer = pl.Trainer(
-            max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, log_every_n_steps=max(1, min(5, len(train_loader))),
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-            num_sanity_val_steps=0,
-        )
-        started = time.perf_counter()
-        trainer.fit(module, train_loader, val_loader)
-        seconds = time.perf_counter() - started
-        runs[name] = read_metrics(Path(logger.log_dir))
-        optimizer = trainer.optimizers[0]
-        finals[name] = {
-            "val_acc": runs[name]["val_acc"][-1][1],
-            "val_loss": runs[name]["val_loss"][-1][1],
-            "train_loss": runs[name]["train_loss"][-1][1],
-            "peak_lr": optimizer.param_groups[0]["initial_lr"],
-            "weight_decay": optimizer.param_groups[0]["weight_decay"],
-            "seconds": seconds,
-        }
-        print(
-            f"{name:>5}: {type(optimizer).__name__} lr={finals[name]['peak_lr']:.3g} "
-            f"wd={finals[name]['weight_decay']:.3g} | final val_acc={finals[name]['val_acc']:.4f} "
-            f"val_loss={finals[name]['val_loss']:.4f} train_loss={finals[name]['train_loss']:.4f} "
-            f"| {trainer.global_step} steps in {seconds:.1f}s",
-            flush=True,
-        )
+        runs[name], finals[name] = fit(module, train_loader, val_loader, epochs, output / "lightning_logs", name)
     png = output / "lightning_loss.png"
     plot(runs, png, title=f"{model_name_or_path or 'ViT'} on {dataset_name or 'sklearn digits'}"
          if dataset_name or model_name_or_path else "ViT on sklearn digits (8x8, 2x2 patches)")

@@ -34,7 +34,6 @@ import importlib.resources
 import inspect
 import io
 import json
-import logging
 import pkgutil
 import re
 import subprocess
@@ -42,20 +41,23 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lion_integrations.hf import parse_optim_args  # importing registers optim="lion" for the parser
-from lion_integrations import Lion
-from lion_integrations.hparams import DEFAULT_RATIO, from_adamw
-from transformers import (
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: `recipes.*`, this checkout's package
+
+from lion_integrations.hparams import DEFAULT_RATIO  # noqa: E402
+from recipes.common import Column, format_table, require_datasets, show_lion_logs  # noqa: E402
+from recipes.trainer_runs import (  # noqa: E402
+    RUN_COLUMNS, RUN_DEFAULTS, TIME_COLUMN, optim_name, parse_arguments, run_args, train_one, warm_up_fused_lion,
+)
+from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
-    HfArgumentParser,
-    Trainer,
     TrainingArguments,
     set_seed,
 )
@@ -75,7 +77,7 @@ TOPICS: dict[str, tuple[str, ...]] = {
 }
 
 OFFLINE_DEFAULTS = dict(
-    optim="lion",
+    RUN_DEFAULTS,
     output_dir="outputs/minilm_finetune",
     max_steps=150,
     per_device_train_batch_size=32,
@@ -85,13 +87,6 @@ OFFLINE_DEFAULTS = dict(
     lr_scheduler_type="linear",
     warmup_steps=15,
     logging_steps=25,
-    save_strategy="no",
-    eval_strategy="no",
-    report_to="none",
-    disable_tqdm=True,
-    seed=0,
-    dataloader_num_workers=0,
-    dataloader_pin_memory=torch.cuda.is_available(),
 )
 # Batches of similar length: the sentences are short (15 tokens on average), so padding each batch to its
 # longest one otherwise doubles the work. (transformers < 5 calls it group_by_length=True.)
@@ -295,10 +290,7 @@ def stdlib_topic_task(max_per_class: int = 300, eval_fraction: float = 0.2,
 
 def hub_task(recipe: RecipeArguments) -> TextTask:
     """A hub dataset's text and label columns; eval is --eval_split, validation, test or a hash split."""
-    try:
-        import datasets
-    except ImportError:
-        raise SystemExit("--dataset_name needs the `datasets` package: pip install datasets") from None
+    datasets = require_datasets()
     loaded = datasets.load_dataset(recipe.dataset_name, recipe.dataset_config_name)
     names = [recipe.eval_split] if recipe.eval_split else ["validation", "test"]
     eval_name = next((name for name in names if name in loaded), None)
@@ -373,29 +365,17 @@ def build_model(path: str, num_labels: int, labels: list[str], seed: int):
     )
 
 
-# --- runs -------------------------------------------------------------------------------------
+# --- stages -----------------------------------------------------------------------------------
 
-
-def run_args(args: TrainingArguments, optim: str, recipe: RecipeArguments) -> TrainingArguments:
-    """TrainingArguments of one run; Lion variants get from_adamw(learning_rate, weight_decay, lion_ratio)."""
-    if "lion" in optim:
-        hparams = from_adamw(args.learning_rate, args.weight_decay, recipe.lion_ratio)
-    else:
-        hparams = {"lr": args.learning_rate, "weight_decay": args.weight_decay}
-    chosen = getattr(args.optim, "value", args.optim)
-    return dataclasses.replace(
-        args, optim=optim, optim_args=args.optim_args if optim == chosen else None,
-        learning_rate=hparams["lr"], weight_decay=hparams["weight_decay"], output_dir=f"{args.output_dir}/{optim}",
-    )
-
-
-def warm_up_lion(device: torch.device) -> None:
-    """One Lion step on scratch tensors (1-D and 2-D, requires_grad), so the fused path's one-time
-    torch.compile is not timed as training."""
-    scratch = [torch.zeros(8, device=device, requires_grad=True), torch.zeros(4, 8, device=device, requires_grad=True)]
-    for tensor in scratch:
-        tensor.grad = torch.ones_like(tensor)
-    Lion(scratch).step()
+COLUMNS = (
+    *RUN_COLUMNS,
+    Column("wd", 7, itemgetter("weight_decay"), ".3f"),
+    Column("train loss", 12, itemgetter("train_loss"), ".4f"),
+    Column("eval loss", 11, itemgetter("eval_loss"), ".4f"),
+    Column("eval acc", 10, itemgetter("eval_accuracy"), ".3f"),
+    Column("steps", 7, itemgetter("steps"), "d"),
+    TIME_COLUMN,
+)
 
 
 def accuracy(prediction) -> dict[str, float]:
@@ -403,81 +383,72 @@ def accuracy(prediction) -> dict[str, float]:
     return {"accuracy": float((np.argmax(logits, axis=-1) == prediction.label_ids).mean())}
 
 
-def train_one(args: TrainingArguments, model_path: str, task: TextTask, tokenizer, train, evaluation) -> dict:
-    model = build_model(model_path, len(task.labels), task.labels, args.seed)
-    trainer = Trainer(
-        model=model, args=args, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=accuracy,
-    )
-    output = trainer.train()
-    logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    metrics = trainer.evaluate()
-    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
-    return {
-        "optim": getattr(args.optim, "value", args.optim),
-        "class": type(optimizer).__name__,
-        "optimizer_cls": type(optimizer),
-        "lr": args.learning_rate,
-        "weight_decay": args.weight_decay,
-        "train_loss": logged[-1] if logged else output.training_loss,
-        "eval_loss": metrics["eval_loss"],
-        "eval_accuracy": metrics["eval_accuracy"],
-        "steps": trainer.state.global_step,
-        "seconds": output.metrics["train_runtime"],
-    }
-
-
-def format_table(rows: list[dict]) -> str:
-    header = (f"{'optim':<14}{'optimizer':<12}{'lr':>10}{'wd':>7}{'train loss':>12}{'eval loss':>11}"
-              f"{'eval acc':>10}{'steps':>7}{'time s':>8}")
-    lines = [header, "-" * len(header)]
-    for row in rows:
-        lines.append(
-            f"{row['optim']:<14}{row['class']:<12}{row['lr']:>10.2e}{row['weight_decay']:>7.3f}"
-            f"{row['train_loss']:>12.4f}{row['eval_loss']:>11.4f}{row['eval_accuracy']:>10.3f}"
-            f"{row['steps']:>7d}{row['seconds']:>8.1f}"
-        )
-    return "\n".join(lines)
-
-
 def optim_names(args: TrainingArguments, recipe: RecipeArguments) -> list[str]:
-    names = [getattr(args.optim, "value", args.optim)]
+    """--optim, then each name of --compare not already listed."""
+    names = [optim_name(args)]
     for name in recipe.compare.replace(" ", "").split(","):
         if name and name.lower() != "none" and name not in names:
             names.append(name)
     return names
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    """Parse the command line, fine-tune once per optimizer, print and return the comparison rows."""
-    started = time.perf_counter()
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    logging.getLogger("lion_integrations").setLevel(logging.INFO)
-    parser = HfArgumentParser((RecipeArguments, TrainingArguments))
-    parser.set_defaults(**OFFLINE_DEFAULTS)
-    recipe, args = parser.parse_args_into_dataclasses(args=argv)
+def parse(argv: list[str] | None) -> tuple[RecipeArguments, TrainingArguments]:
+    """The command line's arguments; sets torch's CPU thread count from --threads."""
+    recipe, args = parse_arguments(RecipeArguments, OFFLINE_DEFAULTS, argv)
     if recipe.threads > 0 and args.device.type == "cpu":
         torch.set_num_threads(recipe.threads)
+    return recipe, args
 
-    model_path = recipe.model_name_or_path or str(packaged_model_dir())
-    task = build_task(recipe, args.seed)
+
+def build_data(recipe: RecipeArguments, model_path: str, seed: int) -> tuple[TextTask, object, list[dict], list[dict]]:
+    """(the task, the model's tokenizer, tokenized train examples, tokenized eval examples)."""
+    task = build_task(recipe, seed)
     print(task.describe())
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     train = encode(tokenizer, task.train_texts, task.train_labels, recipe.max_seq_length)
     evaluation = encode(tokenizer, task.eval_texts, task.eval_labels, recipe.max_seq_length)
+    return task, tokenizer, train, evaluation
 
+
+def train_all(args: TrainingArguments, recipe: RecipeArguments, model_path: str, task: TextTask, tokenizer,
+              train: list[dict], evaluation: list[dict]) -> list[dict]:
+    """One row per optimizer (`trainer_runs.train_one`), each from the same pretrained weights, head
+    initialization and batch order."""
     optims = optim_names(args, recipe)
-    if any(name == "lion" for name in optims) and parse_optim_args(args.optim_args).get("fused", "").lower() != "false":
-        warm_up_lion(args.device)
-    rows = [train_one(run_args(args, optim, recipe), model_path, task, tokenizer, train, evaluation) for optim in optims]
-    epochs = rows[0]["steps"] * args.per_device_train_batch_size / max(1, len(train))
-    print(f"\n{model_path if recipe.model_name_or_path else 'all-MiniLM-L6-v2 (packaged)'}: "
-          f"{rows[0]['steps']} steps of batch {args.per_device_train_batch_size} ({epochs:.1f} epochs), "
+    warm_up_fused_lion(args, optims)
+    rows = []
+    for optim in optims:
+        run = run_args(args, optim, recipe.lion_ratio)
+        model = build_model(model_path, len(task.labels), task.labels, run.seed)
+        rows.append(train_one(
+            run, model, ("eval_loss", "eval_accuracy"), train_dataset=train, eval_dataset=evaluation,
+            processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=accuracy,
+        ))
+    return rows
+
+
+def report(args: TrainingArguments, recipe: RecipeArguments, task: TextTask, rows: list[dict], examples: int,
+           started: float) -> None:
+    """The setting of the runs, the comparison table and the majority-class baseline."""
+    epochs = rows[0]["steps"] * args.per_device_train_batch_size / max(1, examples)
+    model = recipe.model_name_or_path or "all-MiniLM-L6-v2 (packaged)"
+    print(f"\n{model}: {rows[0]['steps']} steps of batch {args.per_device_train_batch_size} ({epochs:.1f} epochs), "
           f"max {recipe.max_seq_length} tokens; AdamW setting lr={args.learning_rate:g} wd={args.weight_decay:g}; "
           f"Lion lr/wd by from_adamw(ratio={recipe.lion_ratio:g}); time = train_runtime")
-    print(format_table(rows))
-    name, baseline = task.majority_baseline()
+    print(format_table(rows, COLUMNS))
+    _, baseline = task.majority_baseline()
     print(f"majority-class baseline accuracy {baseline:.3f}; total wall time {time.perf_counter() - started:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Parse the command line, fine-tune once per optimizer, print and return the comparison rows."""
+    started = time.perf_counter()
+    show_lion_logs()
+    recipe, args = parse(argv)
+    model_path = recipe.model_name_or_path or str(packaged_model_dir())
+    task, tokenizer, train, evaluation = build_data(recipe, model_path, args.seed)
+    rows = train_all(args, recipe, model_path, task, tokenizer, train, evaluation)
+    report(args, recipe, task, rows, len(train), started)
     return rows
 
 

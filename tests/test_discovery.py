@@ -26,7 +26,11 @@ from lion_integrations.discovery.execute import as_tensor_like
 from lion_integrations.discovery.mutate import KINDS
 from lion_integrations.discovery.simplify import _rounded, _variants
 from lion_integrations.discovery.ops import OPS, TINY as OP_TINY
-from lion_integrations.discovery.tasks import TINY, AdamWStep, Suite, Task, lr_grid, stdlib_text
+from lion_integrations.discovery.baseline import AdamWStep, tuned_adamw
+from lion_integrations.discovery.data import stdlib_text
+from lion_integrations.discovery.scoring import Suite
+from lion_integrations.discovery.tasks import TINY, lr_grid
+from lion_integrations.discovery.training import Task
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -477,7 +481,7 @@ def test_text_tasks_use_disjoint_standard_library_text():
 
 def test_short_seeded_search_is_reproducible_and_keeps_consistent_statistics():
     task = Task(replace(TINY, steps=25))
-    baseline = task.adamw(weight_decays=(0.01,))[0].loss
+    baseline = tuned_adamw(task, weight_decays=(0.01,))[0].loss
     def funnel(program):
         return 0.0, True
 

@@ -2,22 +2,29 @@
 
 Programs over ``train(w, g, m, v, lr)`` (`program`), their function set (`ops`), abstract
 execution with a canonical hash (`abstract`), mutations (`mutate`), regularized evolution with a
-fitness cache, restarts and funnel selection (`evolution`), proxy tasks (`tasks`), simplification
-(`simplify`), and `DiscoveredOptimizer`, which runs any program as a ``torch.optim.Optimizer``.
+fitness cache, restarts and funnel selection (`evolution`), simplification (`simplify`), and
+`DiscoveredOptimizer`, which runs any program as a ``torch.optim.Optimizer``. Fitness comes from
+proxy tasks: their specifications (`tasks`), data (`data`), the batched trainer (`training`), the
+tuned AdamW baseline (`baseline`) and the score relative to it (`scoring`).
 The search itself: ``python recipes/discover.py``.
 """
 
 from .abstract import Analysis, analyze, program_hash, prune
+from .baseline import AdamWStep, tuned_adamw
 from .evolution import Search, SearchConfig, SearchResult
 from .execute import compile_program
+from .form import is_lion_form
 from .mutate import mutate
 from .optimizer import BUILTIN, DiscoveredOptimizer, resolve_program
 from .program import Program, Statement, parse
-from .form import is_lion_form
+from .scoring import Suite, SuiteResult
 from .simplify import shortest_text, simplify
+from .tasks import TaskSpec
+from .training import Task, TaskResult
 
 __all__ = [
-    "Analysis", "BUILTIN", "DiscoveredOptimizer", "Program", "Search", "SearchConfig", "SearchResult", "Statement",
-    "analyze", "compile_program", "is_lion_form", "mutate", "parse", "program_hash", "prune", "resolve_program",
-    "shortest_text", "simplify",
+    "AdamWStep", "Analysis", "BUILTIN", "DiscoveredOptimizer", "Program", "Search", "SearchConfig", "SearchResult",
+    "Statement", "Suite", "SuiteResult", "Task", "TaskResult", "TaskSpec", "analyze", "compile_program",
+    "is_lion_form", "mutate", "parse", "program_hash", "prune", "resolve_program", "shortest_text", "simplify",
+    "tuned_adamw",
 ]
