@@ -43,6 +43,7 @@ except ImportError as error:  # pragma: no cover - exercised by a test that hide
     ) from error
 
 import lion_integrations
+from lion_integrations.deepspeed import check_trainer_args
 from lion_integrations.names import OPTIMIZER_NAMES
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ def lion_cls_and_kwargs(name: str, args: TrainingArguments, optim_args: dict[str
     cls = optimizer_class(name)
     if cls is None:
         raise ValueError(f"optim={name!r} needs lion_integrations.{VARIANTS[name][1]}, which this version lacks")
+    check_trainer_args(args, cls)  # deepspeed=...: settings that would silently do less
     accepted = optimizer_options(cls)
     betas = list(DEFAULT_BETAS)
     options: dict[str, Any] = {}
