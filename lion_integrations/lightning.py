@@ -23,12 +23,14 @@ from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 try:
     from lightning.pytorch.callbacks import Callback
     from lightning.pytorch.core.optimizer import LightningOptimizer
+    from lightning.pytorch.strategies import DeepSpeedStrategy
     from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "lion_integrations.lightning needs Lightning: pip install 'lion-integrations[lightning]'"
     ) from error
 
+from .deepspeed import check_deepspeed_config
 from .hparams import DEFAULT_RATIO, from_adamw, param_groups
 from .names import OPTIMIZER_NAMES
 from .optimizer import Lion, validate_hyperparameters
@@ -72,6 +74,14 @@ def _with_betas(optimizer_class: type[Optimizer], betas: tuple[float, float]) ->
     """``{"betas": betas}`` for classes that take betas (Lion and its variants); ``{}`` for those that
     do not (a discovered program defines its own interpolation constants)."""
     return {"betas": betas} if "betas" in inspect.signature(optimizer_class.__init__).parameters else {}
+
+
+def check_strategy(module: torch.nn.Module, optimizer_class: type[Optimizer]) -> None:
+    """Under Lightning's DeepSpeedStrategy, refuse a DeepSpeed config that would not run `optimizer_class`
+    as configured (`lion_integrations.deepspeed.check_deepspeed_config`); nothing for other strategies."""
+    strategy = getattr(getattr(module, "_trainer", None), "strategy", None)
+    if isinstance(strategy, DeepSpeedStrategy) and isinstance(strategy.config, dict):
+        check_deepspeed_config(strategy.config, optimizer_class)
 
 
 def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
@@ -129,6 +139,7 @@ def configure_lion(
     """
     optimizer_class = resolve_optimizer_class(optimizer_class)
     validate_hyperparameters(lr, betas, weight_decay)
+    check_strategy(module, optimizer_class)
     _check_choice(interval, "interval", INTERVALS)
     if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
         raise ValueError(f"Invalid frequency: {frequency!r} (expected an int >= 1)")
@@ -347,6 +358,8 @@ class LionCallback(Callback):
     def convert(self, optim_conf: Any, pl_module=None) -> Any:
         """`optim_conf` (any ``configure_optimizers`` return form) with each optimizer rebuilt as
         `optimizer_class` and each scheduler re-bound to its replacement."""
+        if pl_module is not None:
+            check_strategy(pl_module, self.optimizer_class)
         replacements: dict[int, tuple[Optimizer, Optimizer, float]] = {}  # id(old): (old, new, lr factor)
         schedulers: list[Any] = []
 

@@ -1,11 +1,14 @@
 """Lion8bit/Lion4bit on flat buffers: 1-D tensors that a wrapper (DeepSpeed ZeRO) puts into
 param_groups in place of the parameters the optimizer was given. In-process, without DeepSpeed: the
-groups are rewritten here as ZeRO rewrites them (tests/test_deepspeed.py runs ZeRO itself)."""
+groups are rewritten here as ZeRO rewrites them (tests/test_deepspeed.py runs ZeRO itself). And
+torch's FSDP1, whose 1-D shards of flattened parameters keep full precision, with a warning."""
 
 from __future__ import annotations
 
 import copy
+import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,3 +107,24 @@ def test_copied_optimizer_treats_its_groups_as_given():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not any(copied.is_flat_buffer(p) for p in copied.param_groups[0]["params"])
+
+
+def test_fsdp1_flattened_parameters_warn_that_they_keep_full_precision():
+    """torch's FSDP1 marks what it flattens with `_fsdp_flattened`; its 1-D shards reach the optimizer."""
+    shard = torch.randn(5000, requires_grad=True)
+    shard._fsdp_flattened = True
+    optimizer = Lion4bit([shard], **OPTIONS)
+    shard.grad = torch.ones_like(shard)
+    with pytest.warns(RuntimeWarning, match=r"flattened by FSDP1.*full-precision momentum.*fully_shard"):
+        optimizer.step()
+    assert set(optimizer.state[shard]) == {"exp_avg"}
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_fsdp1_keeps_full_precision_and_says_so(torchrun, tmp_path):
+    torchrun(Path(__file__).resolve().parent / "workers" / "fsdp1_flattened.py", tmp_path / "report.json")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert all(len(shape) == 1 for shape in report["shapes"])  # 1-D shards of the flattened parameters
+    assert report["state_keys"] == ["exp_avg"]
+    assert any("flattened by FSDP1" in message for message in report["warnings"]), report["warnings"]

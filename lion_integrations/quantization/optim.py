@@ -150,6 +150,8 @@ class QuantizedLion(Lion):
         """
         if self.is_flat_buffer(param):
             return self._quantizes_flat_buffer(param, group)
+        if param.dim() == 1 and getattr(param, "_fsdp_flattened", False):  # set by torch's FSDP1 on what it flattens
+            self._warn_fsdp1_flattened()
         if param.dim() < 2 or param.numel() < group["min_quantized_size"]:
             return False
         if rows_and_cols(param.shape)[1] < MIN_ROW_LENGTH:
@@ -183,6 +185,18 @@ class QuantizedLion(Lion):
                 stacklevel=4,
             )
         return False
+
+    def _warn_fsdp1_flattened(self) -> None:
+        key = (type(self).__name__, -1)
+        if key not in _warned_flat_buffers:
+            _warned_flat_buffers.add(key)
+            warnings.warn(
+                f"{type(self).__name__}: parameters flattened by FSDP1 (FullyShardedDataParallel, Lightning's "
+                "FSDPStrategy) reach the optimizer as 1-D shards and keep full-precision momentum; shard with "
+                "fully_shard (FSDP2: Lightning's ModelParallelStrategy, Trainer's fsdp_version=2) to quantize it",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
     def _init_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
         state = self.state[param]
