@@ -1,6 +1,7 @@
 """DeepSpeed ZeRO with `Lion`, `Lion8bit` or `Lion4bit` as its client optimizer: checks of a DeepSpeed
 config (a dict, as given to ``deepspeed.initialize``, Hugging Face's ``deepspeed=`` or Lightning's
-``DeepSpeedStrategy``) that refuse the settings under which the optimizer would silently do less.
+``DeepSpeedStrategy``) that refuse the settings under which the optimizer would silently do less, and
+of Hugging Face Trainer arguments that shard (DeepSpeed, FSDP) but would not.
 
 ZeRO stages 1-3 put, in place of each param group's parameters, one flat fp32 tensor: this rank's
 partition of the group's parameters, flattened and concatenated. `Lion8bit`/`Lion4bit` quantize that
@@ -11,6 +12,7 @@ bytes per element of its partition; DeepSpeed's own checkpoints (``engine.save_c
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,13 +77,24 @@ def check_deepspeed_config(config: Mapping[str, Any], optimizer_class: type) -> 
 
 
 def check_trainer_args(args: Any, optimizer_class: type) -> None:
-    """Checks for a Hugging Face `TrainingArguments` with ``deepspeed=...`` (nothing without it): the
-    DeepSpeed config (`check_deepspeed_config`), and that Trainer sees every process.
+    """Checks for a Hugging Face `TrainingArguments` that shards with DeepSpeed or FSDP.
 
-    Without ``use_cpu=True``, on a machine with no GPU, Accelerate gives Trainer a world of one
-    process on every rank while DeepSpeed partitions over all of them: each rank would train on the
-    whole data set as its own process zero, writing the same checkpoints.
+    * ``fsdp=...`` with ``use_cpu=True``: a RuntimeWarning. Accelerate (1.15) shards with FSDP only on
+      GPU process groups; on CPU processes Trainer trains with DDP, parameters and optimizer state whole
+      on every rank.
+    * ``deepspeed=...``: the DeepSpeed config (`check_deepspeed_config`), and that Trainer sees every
+      process. Without ``use_cpu=True``, on a machine with no GPU, Accelerate gives Trainer a world of
+      one process on every rank while DeepSpeed partitions over all of them: each rank would train on
+      the whole data set as its own process zero, writing the same checkpoints.
     """
+    if getattr(args, "fsdp", None) and getattr(args, "use_cpu", False):
+        warnings.warn(
+            "TrainingArguments(fsdp=...) has no effect with use_cpu=True: Accelerate shards with FSDP "
+            f"only on GPU process groups, so Trainer trains with DDP and {optimizer_class.__name__}'s state is "
+            "whole on every rank (on CPU, shard with Lightning's ModelParallelStrategy or fully_shard)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     deepspeed_config = getattr(args, "hf_deepspeed_config", None)
     if deepspeed_config is None:
         return

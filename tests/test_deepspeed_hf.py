@@ -72,3 +72,18 @@ def test_offload_without_force_ds_cpu_optimizer_is_a_clear_error(tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), optim="lion_q8", deepspeed=config, report_to="none")
     with pytest.raises(ValueError, match=r"offload_optimizer.*Lion8bit.*zero_force_ds_cpu_optimizer"):
         hf.lion_cls_and_kwargs("lion_q8", args, {})
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_trainer_fsdp2_on_cpu_trains_ddp_and_says_so(torchrun, tmp_path):
+    """What blocks Trainer + FSDP2 on CPU: Accelerate makes an fsdp plugin DistributedType.FSDP only on
+    GPU process groups, so with use_cpu=True Trainer wraps the model in DDP (parameters whole)."""
+    torchrun(Path(__file__).resolve().parent / "workers" / "trainer_fsdp2.py", tmp_path / "runs",
+             tmp_path / "report.json")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["world"] == 2 and report["distributed_type"] == "DistributedType.MULTI_CPU"
+    assert report["model_wrapper"] == "DistributedDataParallel" and not report["params_are_dtensors"]
+    assert any("has no effect with use_cpu=True" in message for message in report["warnings"])
+    assert report["optimizer_class"] == "Lion8bit" and report["quantized_params"] > 0
+    assert report["resumed_equals_uninterrupted"]
