@@ -103,7 +103,7 @@ class QuantizedLion(Lion):
         check_block_size(param_group["block_size"], self.bits)
         check_min_quantized_size(param_group["min_quantized_size"])
         super().add_param_group(param_group)
-        self.remember_given_params(self.param_groups[-1]["params"])
+        self._remember_given_params(self.param_groups[-1]["params"])
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -112,9 +112,9 @@ class QuantizedLion(Lion):
                 group.setdefault(key, self.defaults[key])
         if not hasattr(self, "_given_params"):  # unpickled or copied; load_state_dict keeps the record
             for group in self.param_groups:
-                self.remember_given_params(group["params"])
+                self._remember_given_params(group["params"])
 
-    def remember_given_params(self, params: Iterable[torch.Tensor]) -> None:
+    def _remember_given_params(self, params: Iterable[torch.Tensor]) -> None:
         """Record `params` as parameters this optimizer was given (not flat buffers, see `is_flat_buffer`)."""
         given = getattr(self, "_given_params", None)
         if given is None:
@@ -301,6 +301,7 @@ class Lion8bit(QuantizedLion):
     of parameters with 2+ dimensions and at least `min_quantized_size` elements is stored as one
     uint8 code per element (a signed dynamic map, nearest rounding) and one fp32 absmax per block of
     `block_size` elements along each row (dim 0 indexes rows); other parameters keep ``exp_avg``.
+    DeepSpeed ZeRO's flat partitions (`QuantizedLion.is_flat_buffer`) are quantized as one row.
 
     Args:
         params, lr, betas, weight_decay, maximize, foreach, fused, momentum_dtype: as for `Lion`
