@@ -16,7 +16,6 @@ the strategy saves and loads them. tests/gpu/lightning_strategies.py runs the re
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
