@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch; a bare `torch` would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast bench bench-full clean
+.PHONY: setup demo test test-fast gpu-check bench bench-full clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -ra -m "not slow"
+
+# On a machine with CUDA GPUs: Lightning's DeepSpeedStrategy and FSDPStrategy, which refuse the CPU.
+gpu-check: setup
+	$(PY) tests/gpu/lightning_strategies.py
 
 # Quick mode (under 10 minutes on 2 cores); tables and plots go to outputs/.
 bench: $(VENV)/.bench-installed

@@ -379,14 +379,6 @@ def test_arguments_of_a_wrong_type_raise_type_error_naming_them(kwargs, message)
         Lion([nn.Parameter(torch.zeros(2))], **kwargs)
 
 
-def test_tensor_lr_is_accepted():
-    param = nn.Parameter(torch.ones(2))
-    optimizer = Lion([param], lr=torch.tensor(0.5), fused=False)
-    param.grad = torch.ones(2)
-    optimizer.step()
-    torch.testing.assert_close(param.detach(), torch.full((2,), 0.5))
-
-
 def test_bad_param_group_is_rejected():
     optimizer = Lion([nn.Parameter(torch.zeros(2))])
     with pytest.raises(ValueError, match=r"Invalid lr: -1"):

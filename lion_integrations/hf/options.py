@@ -18,6 +18,7 @@ from transformers.training_args import TrainingArguments
 
 from ..adapters import accepts_betas
 from ..checks import check_bool, check_real
+from ..deepspeed import check_trainer_args
 from ..optimizer import DEFAULT_BETAS
 from .variants import VARIANTS, optimizer_class
 
@@ -99,6 +100,7 @@ def lion_cls_and_kwargs(name: str, args: TrainingArguments, optim_args: dict[str
     cls = optimizer_class(name)
     if cls is None:
         raise ValueError(f"optim={name!r} needs lion_integrations.{VARIANTS[name][1]}, which this version lacks")
+    check_trainer_args(args, cls)  # deepspeed=...: settings that would silently do less
     accepted = optimizer_options(cls)
     betas = list(DEFAULT_BETAS)
     options: dict[str, Any] = {}

@@ -14,6 +14,7 @@ from typing_extensions import override
 from ..adapters import betas_kwargs, resolve_optimizer_class
 from ..hparams import DEFAULT_RATIO, from_adamw
 from ..optimizer import DEFAULT_BETAS, Lion, validate_hyperparameters
+from .strategies import check_strategy
 from .rebinding import rebind_references, rebind_scheduler, scaled_group_lrs, track_steps
 
 # Optimizers whose lr/weight decay are in AdamW units (translated by `ratio`), by class name in the MRO.
@@ -172,6 +173,8 @@ class LionCallback(Callback):
     def convert(self, optim_conf: Any, pl_module: "pl.LightningModule | None" = None) -> Any:
         """`optim_conf` (any ``configure_optimizers`` return form) with each optimizer rebuilt as
         `optimizer_class` and each scheduler re-bound to its replacement."""
+        if pl_module is not None:
+            check_strategy(pl_module, self.optimizer_class)
         replacements: dict[int, tuple[Optimizer, Optimizer, float]] = {}  # id(old): (old, new, lr factor)
         schedulers: list[Any] = []
 

@@ -15,6 +15,7 @@ from ..checks import check_choice, check_int
 from ..hparams import param_groups
 from ..optimizer import DEFAULT_BETAS, DEFAULT_LR, Lion, validate_hyperparameters
 from ..schedules import SHAPES, warmup_schedule
+from .strategies import check_strategy
 
 INTERVALS = ("step", "epoch")
 
@@ -51,6 +52,7 @@ def configure_lion(
     """
     optimizer_class = resolve_optimizer_class(optimizer_class)
     validate_hyperparameters(lr, betas, weight_decay)
+    check_strategy(module, optimizer_class)
     check_choice(interval, "interval", INTERVALS)
     check_int(frequency, "frequency", minimum=1)
     _check_scheduler(scheduler, warmup_steps, total_steps, min_lr_ratio, interval, frequency)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 import warnings
+import weakref
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -44,6 +46,7 @@ from .kernel import quantized_fused_unavailable_reason, step_quantized_params_
 MIN_ROW_LENGTH = 16
 CODEC_KEYS = ("bits", "block_size", "min_quantized_size")
 _warned_placements: set[str] = set()
+_warned_flat_buffers: set[tuple[str, int]] = set()
 
 
 def rows_align(param: torch.Tensor) -> bool:
@@ -71,6 +74,7 @@ class QuantizedLion(Lion):
     def __init__(
         self, params, *args: Any, block_size: int = 256, min_quantized_size: int = 4096, **kwargs: Any
     ) -> None:
+        self._given_params: dict[int, weakref.ref] = {}
         self._codec_defaults = dict(
             bits=check_bits(self.bits),
             block_size=check_block_size(block_size, self.bits),
@@ -91,12 +95,38 @@ class QuantizedLion(Lion):
         check_block_size(param_group["block_size"], self.bits)
         check_min_quantized_size(param_group["min_quantized_size"])
         super().add_param_group(param_group)
+        self._remember_given_params(self.param_groups[-1]["params"])
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
             for key in CODEC_KEYS:
                 group.setdefault(key, self.defaults[key])
+        if not hasattr(self, "_given_params"):  # unpickled or copied; load_state_dict keeps the record
+            for group in self.param_groups:
+                self._remember_given_params(group["params"])
+
+    def _remember_given_params(self, params: Iterable[torch.Tensor]) -> None:
+        """Record `params` as parameters this optimizer was given (not flat buffers, see `is_flat_buffer`)."""
+        given = getattr(self, "_given_params", None)
+        if given is None:
+            given = self._given_params = {}
+        for param in params:
+            given[id(param)] = weakref.ref(param)
+
+    def is_flat_buffer(self, param: torch.Tensor) -> bool:
+        """Whether `param` is a flat buffer that a wrapper put into `param_groups` in place of the
+        parameters this optimizer was given: a plain 1-D tensor that no `add_param_group` passed in.
+
+        DeepSpeed ZeRO (stages 1-3) does this: each param group then holds one fp32 tensor, this
+        rank's partition of all the group's parameters flattened and concatenated. Such a buffer is
+        a whole tensor on this rank, so its momentum is quantized in blocks along it (one row),
+        blocks spanning the boundaries between the parameters inside it.
+        """
+        if param.dim() != 1 or isinstance(param, DTensor):
+            return False
+        reference = getattr(self, "_given_params", {}).get(id(param))
+        return reference is None or reference() is not param
 
     # --- Which parameters are quantized, and their state. --------------------------------------
 
@@ -106,7 +136,14 @@ class QuantizedLion(Lion):
         rows of at least MIN_ROW_LENGTH elements, and shards of whole rows.
 
         1-D parameters keep full precision: a shard boundary of a 1-D tensor can fall inside a block.
+        Flat buffers (`is_flat_buffer`: DeepSpeed ZeRO's partitions) are quantized along their length
+        when they hold at least `min_quantized_size` elements; a shorter one keeps full precision
+        with a warning.
         """
+        if self.is_flat_buffer(param):
+            return self._quantizes_flat_buffer(param, group)
+        if param.dim() == 1 and getattr(param, "_fsdp_flattened", False):  # set by torch's FSDP1 on what it flattens
+            self._warn_fsdp1_flattened()
         if param.dim() < 2 or param.numel() < group["min_quantized_size"]:
             return False
         if rows_and_cols(param.shape)[1] < MIN_ROW_LENGTH:
@@ -123,6 +160,35 @@ class QuantizedLion(Lion):
                 )
             return False
         return True
+
+    def _quantizes_flat_buffer(self, param: torch.Tensor, group: dict[str, Any]) -> bool:
+        minimum = max(group["min_quantized_size"], MIN_ROW_LENGTH)
+        if param.numel() >= minimum:
+            return True
+        name = f"flat buffer {param.ds_id}" if hasattr(param, "ds_id") else "a flat buffer"
+        key = (type(self).__name__, param.numel())
+        if key not in _warned_flat_buffers:
+            _warned_flat_buffers.add(key)
+            warnings.warn(
+                f"{type(self).__name__}: {name} of {param.numel()} elements in place of a param group's "
+                f"parameters (this rank's DeepSpeed ZeRO partition) keeps full-precision momentum: it is "
+                f"shorter than min_quantized_size={group['min_quantized_size']} (lower it to quantize the buffer)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return False
+
+    def _warn_fsdp1_flattened(self) -> None:
+        key = (type(self).__name__, -1)
+        if key not in _warned_flat_buffers:
+            _warned_flat_buffers.add(key)
+            warnings.warn(
+                f"{type(self).__name__}: parameters flattened by FSDP1 (FullyShardedDataParallel, Lightning's "
+                "FSDPStrategy) reach the optimizer as 1-D shards and keep full-precision momentum; shard with "
+                "fully_shard (FSDP2: Lightning's ModelParallelStrategy, Trainer's fsdp_version=2) to quantize it",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
     def _init_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
         state = self.state[param]
@@ -222,6 +288,7 @@ class Lion8bit(QuantizedLion):
     of parameters with 2+ dimensions and at least `min_quantized_size` elements is stored as one
     uint8 code per element (a signed dynamic map, nearest rounding) and one fp32 absmax per block of
     `block_size` elements along each row (dim 0 indexes rows); other parameters keep ``exp_avg``.
+    DeepSpeed ZeRO's flat partitions (`QuantizedLion.is_flat_buffer`) are quantized as one row.
 
     Args:
         params, lr, betas, weight_decay, maximize, foreach, fused, momentum_dtype: as for `Lion`
