@@ -92,14 +92,14 @@ def momentum_bound(optimizer, param, bits):
     if "exp_avg_codes" not in state:
         return torch.zeros(param.shape, dtype=torch.float64)
     group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
-    rows, cols = codec.rows_and_cols(param.shape)
+    _, cols = codec.rows_and_cols(param.shape)
     per_block = codec.max_abs_error(state["exp_avg_absmax"], bits).double()
     return per_block.repeat_interleave(group["block_size"], dim=1)[:, :cols].reshape(param.shape)
 
 
 def assert_follows_algorithm_2_step_by_step(optimizer, params, settings, bits=8, steps=STEPS):
     """Step `optimizer` and, before each step, run the reference from the optimizer's own parameters
-    and (decoded) momentum; compare both after the step. Returns the number of sign ties met."""
+    and (decoded) momentum; compare both after the step. Sign ties must be rare."""
     generator = torch.Generator().manual_seed(1)
     ties = checked = 0
     for step in range(steps):
@@ -131,7 +131,6 @@ def assert_follows_algorithm_2_step_by_step(optimizer, params, settings, bits=8,
             ties += int(tie.sum())
             checked += tie.numel()
     assert checked > 0 and ties <= 1e-4 * checked
-    return ties
 
 
 @pytest.mark.parametrize("path", list(PATHS))

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("shape", [(32, 512), (17, 300), (5, 3, 71)])
 def test_inductor_fused_step_matches_eager_step(bits, shape, monkeypatch):
-    # The compiled step (CUDA, low-precision params, CPUs without AVX-512); test_quantization_simd.py
+    # The compiled step (CUDA, low-precision params, CPUs without AVX-512); test_simd.py
     # covers the AVX-512 kernel that fp32 params take on this CPU.
     monkeypatch.setattr(simd, "applies", lambda param, grad: False)
     generator = torch.Generator().manual_seed(2)
