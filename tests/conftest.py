@@ -1,4 +1,8 @@
-"""Shared test helpers: torch thread count, a private compile cache, and 2-process torchrun jobs on gloo."""
+"""Shared test fixtures: torch thread count, a private compile cache, 2-process torchrun jobs on gloo.
+
+Fixtures that only some modules want (`one_thread`, `fuse_small_tensors`) are not autouse: a module
+asks for them with ``pytestmark = pytest.mark.usefixtures(...)``. Helpers are in tests/helpers/.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import REPO
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 # Kernels compiled by this run (and its worker processes, which inherit the variable) go to a cache
@@ -21,8 +27,6 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="lion-tests-inductor-")
     atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def run_torchrun(script: Path | str, *args: str, nproc: int = 2, timeout: float = 600, env: dict | None = None):
@@ -45,3 +49,22 @@ def run_torchrun(script: Path | str, *args: str, nproc: int = 2, timeout: float 
 @pytest.fixture
 def torchrun():
     return run_torchrun
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test. The proxy models of discovery are tiny, and this machine is
+    shared: with 2 OpenMP threads a busy neighbour turns each loop barrier of a compiled kernel into a
+    scheduler time slice (20x slower on a busy 2-core box). The results do not depend on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def fuse_small_tensors(monkeypatch):
+    """The problems here are small: let every tensor of 2+ elements take the compiled kernel."""
+    import lion_integrations.fused as fused_module
+
+    monkeypatch.setattr(fused_module, "MIN_FUSED_NUMEL", 2)

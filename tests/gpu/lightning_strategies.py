@@ -1,6 +1,6 @@
 """`make gpu-check`: Lightning's DeepSpeedStrategy (ZeRO 2 and 3) and FSDPStrategy (FSDP1) with
 `configure_lion` and `LionCallback`, on every CUDA GPU of this machine. Both strategies refuse the CPU,
-so the CPU suite runs what it can of them (tests/test_deepspeed_lightning.py); this runs the real
+so the CPU suite runs what it can of them (tests/deepspeed/test_lightning.py); this runs the real
 Trainer.
 
     python tests/gpu/lightning_strategies.py [--strategies deepspeed_stage_2,deepspeed_stage_3,fsdp] [--root DIR]

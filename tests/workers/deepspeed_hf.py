@@ -1,4 +1,4 @@
-"""Worker for test_deepspeed_hf.py: Hugging Face Trainer with ``deepspeed=<ZeRO config dict>`` and
+"""Worker for tests/deepspeed/test_trainer.py: Hugging Face Trainer with ``deepspeed=<ZeRO config dict>`` and
 optim="lion" / "lion_q8" / "lion_q4" under torchrun, on DeepSpeed's CPU accelerator.
 
     torchrun --nproc-per-node=2 deepspeed_hf.py OPTIM:STAGE[,OPTIM:STAGE...] USE_CPU DIR REPORT.json

@@ -1,4 +1,4 @@
-"""Worker for test_deepspeed_lightning.py: the DeepSpeed engine as Lightning's DeepSpeedStrategy sets
+"""Worker for tests/deepspeed/test_lightning.py: the DeepSpeed engine as Lightning's DeepSpeedStrategy sets
 it up, with `configure_lion` or `LionCallback`, on DeepSpeed's CPU accelerator (2 processes, gloo).
 
     torchrun --nproc-per-node=2 deepspeed_lightning.py STAGE VARIANT:HOW[,VARIANT:HOW...] DIR REPORT.json

@@ -1,4 +1,4 @@
-"""Worker for test_deepspeed.py: Lion, Lion8bit, Lion4bit as DeepSpeed ZeRO's client optimizer
+"""Worker for tests/deepspeed/test_zero.py: Lion, Lion8bit, Lion4bit as DeepSpeed ZeRO's client optimizer
 (DeepSpeed's CPU accelerator, gloo, under torchrun).
 
     torchrun --nproc-per-node=2 deepspeed_zero.py train STAGE VARIANT[,VARIANT...] DIR REPORT.json [CONFIG_JSON]

@@ -1,4 +1,4 @@
-"""Worker for test_quantization_flat_buffers.py: Lion8bit under torch's FSDP1 (FullyShardedDataParallel,
+"""Worker for tests/quantization/test_flat_buffers.py: Lion8bit under torch's FSDP1 (FullyShardedDataParallel,
 use_orig_params=True, as Lightning's FSDPStrategy sets it) on 2 CPU processes (gloo).
 
     torchrun --nproc-per-node=2 fsdp1_flattened.py REPORT.json

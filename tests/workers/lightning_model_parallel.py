@@ -1,4 +1,4 @@
-"""Worker for test_lightning_fsdp.py: Lightning's ModelParallelStrategy (FSDP2: `fully_shard` in
+"""Worker for tests/lightning/test_fsdp.py: Lightning's ModelParallelStrategy (FSDP2: `fully_shard` in
 `configure_model`) on 2 CPU processes (gloo) with Lion, Lion8bit or Lion4bit.
 
     torchrun --nproc-per-node=2 lightning_model_parallel.py VARIANT:HOW[,VARIANT:HOW...] DIR REPORT.json

@@ -1,4 +1,4 @@
-"""Worker for test_deepspeed_hf.py: Hugging Face Trainer with ``fsdp="full_shard"``,
+"""Worker for tests/deepspeed/test_trainer.py: Hugging Face Trainer with ``fsdp="full_shard"``,
 ``fsdp_config={"fsdp_version": 2}``, optim="lion_q8" and use_cpu=True on 2 CPU processes.
 
     torchrun --nproc-per-node=2 trainer_fsdp2.py DIR REPORT.json

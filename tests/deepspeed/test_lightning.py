@@ -9,9 +9,10 @@ calls) on 2 processes; tests/gpu/lightning_strategies.py runs the real Trainer (
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+
+from tests.helpers import WORKERS
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is not installed: pip install 'lion-integrations[deepspeed]'")
 pytest.importorskip("lightning", reason="Lightning tests need the 'lightning' extra")
@@ -22,7 +23,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy  # noqa: E402
 
 from lion_integrations.lightning import LionCallback, configure_lion  # noqa: E402
 
-WORKER = Path(__file__).resolve().parent / "workers" / "deepspeed_lightning.py"
+WORKER = WORKERS / "deepspeed_lightning.py"
 CLASS_NAMES = {"lion": "Lion", "lion_q8": "Lion8bit", "lion_q4": "Lion4bit"}
 BYTES_PER_PARAM = {"lion": (4.0, 4.0), "lion_q8": (1.0, 1.03), "lion_q4": (0.5, 0.53)}
 

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import WORKERS
+
 pytest.importorskip("deepspeed", reason="DeepSpeed is not installed: pip install 'lion-integrations[deepspeed]'")
 pytest.importorskip("transformers", reason="Hugging Face tests need the 'hf' extra")
 
 import lion_integrations.hf as hf  # noqa: E402
 from transformers import TrainingArguments  # noqa: E402
 
-WORKER = Path(__file__).resolve().parent / "workers" / "deepspeed_hf.py"
+WORKER = WORKERS / "deepspeed_hf.py"
 BYTES_PER_PARAM = {"lion": (4.0, 4.0), "lion_q8": (1.0, 1.03), "lion_q4": (0.5, 0.53)}
 CLASS_NAMES = {"lion": "Lion", "lion_q8": "Lion8bit", "lion_q4": "Lion4bit"}
 
@@ -79,7 +81,7 @@ def test_offload_without_force_ds_cpu_optimizer_is_a_clear_error(tmp_path):
 def test_trainer_fsdp2_on_cpu_trains_ddp_and_says_so(torchrun, tmp_path):
     """What blocks Trainer + FSDP2 on CPU: Accelerate makes an fsdp plugin DistributedType.FSDP only on
     GPU process groups, so with use_cpu=True Trainer wraps the model in DDP (parameters whole)."""
-    torchrun(Path(__file__).resolve().parent / "workers" / "trainer_fsdp2.py", tmp_path / "runs",
+    torchrun(WORKERS / "trainer_fsdp2.py", tmp_path / "runs",
              tmp_path / "report.json")
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["world"] == 2 and report["distributed_type"] == "DistributedType.MULTI_CPU"

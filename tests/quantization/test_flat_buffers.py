@@ -1,6 +1,6 @@
 """Lion8bit/Lion4bit on flat buffers: 1-D tensors that a wrapper (DeepSpeed ZeRO) puts into
 param_groups in place of the parameters the optimizer was given. In-process, without DeepSpeed: the
-groups are rewritten here as ZeRO rewrites them (tests/test_deepspeed.py runs ZeRO itself). And
+groups are rewritten here as ZeRO rewrites them (tests/deepspeed/test_zero.py runs ZeRO itself). And
 torch's FSDP1, whose 1-D shards of flattened parameters keep full precision, with a warning."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ from __future__ import annotations
 import copy
 import json
 import warnings
-from pathlib import Path
 
 import pytest
+
+from tests.helpers import WORKERS
 import torch
 
 from lion_integrations import Lion4bit, Lion8bit
@@ -123,7 +124,7 @@ def test_fsdp1_flattened_parameters_warn_that_they_keep_full_precision():
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_fsdp1_keeps_full_precision_and_says_so(torchrun, tmp_path):
-    torchrun(Path(__file__).resolve().parent / "workers" / "fsdp1_flattened.py", tmp_path / "report.json")
+    torchrun(WORKERS / "fsdp1_flattened.py", tmp_path / "report.json")
     report = json.loads((tmp_path / "report.json").read_text())
     assert all(len(shape) == 1 for shape in report["shapes"])  # 1-D shards of the flattened parameters
     assert report["state_keys"] == ["exp_avg"]

@@ -4,20 +4,21 @@ sharded quantized state, identical ranks, and a resume from Lightning's distribu
 ends bit for bit where the uninterrupted run does. The worker is tests/workers/lightning_model_parallel.py.
 
 Lightning's FSDPStrategy (FSDP1) and DeepSpeedStrategy refuse the CPU accelerator: tests/gpu/ runs
-them on CUDA (`make gpu-check`); tests/test_deepspeed_lightning.py runs, on CPU, the DeepSpeed engine
+them on CUDA (`make gpu-check`); tests/deepspeed/test_lightning.py runs, on CPU, the DeepSpeed engine
 as DeepSpeedStrategy configures it.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
+from tests.helpers import WORKERS
+
 pytest.importorskip("lightning", reason="Lightning tests need the 'lightning' extra")
 
-WORKER = Path(__file__).resolve().parent / "workers" / "lightning_model_parallel.py"
+WORKER = WORKERS / "lightning_model_parallel.py"
 RUNS = [f"{variant}:{how}" for how in ("configure_lion", "callback") for variant in ("lion", "lion_q8", "lion_q4")]
 CLASS_NAMES = {"lion": "Lion", "lion_q8": "Lion8bit", "lion_q4": "Lion4bit"}
 # The two large weights, (256, 32) and (128, 256): codes plus one fp32 absmax per row-block

@@ -12,13 +12,12 @@ import platform
 import pytest
 import torch
 
-from lion_integrations import Lion4bit, Lion8bit
 from lion_integrations.quantization import codec, simd
 from lion_integrations.quantization.codec import quantize_blockwise
 from lion_integrations.quantization.kernel import step_quantized_param_
 from lion_integrations.rule import LionCoefficients
+from tests.helpers.quantization import CLASSES
 
-CLASSES = {8: Lion8bit, 4: Lion4bit}
 needs_kernel = pytest.mark.skipif(
     simd.unavailable_reason() is not None,
     reason=f"AVX-512 kernel unavailable here ({simd.unavailable_reason()}); the table logic is tested below",

@@ -10,9 +10,10 @@ default; the rest of the table is `slow`.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+
+from tests.helpers import WORKERS
 
 from lion_integrations import Lion, Lion4bit, Lion8bit
 from lion_integrations.deepspeed import check_deepspeed_config
@@ -21,7 +22,7 @@ deepspeed = pytest.importorskip(
     "deepspeed", reason="DeepSpeed is not installed: pip install 'lion-integrations[deepspeed]'"
 )
 
-WORKER = Path(__file__).resolve().parent / "workers" / "deepspeed_zero.py"
+WORKER = WORKERS / "deepspeed_zero.py"
 # Optimizer state per element of a rank's partition: 8-bit codes + one fp32 absmax per 256 elements.
 BYTES_PER_PARAM = {"lion": (4.0, 4.0), "lion_q8": (1.0, 1.03), "lion_q4": (0.5, 0.53)}
 # Share of weights that differ from one process stepping the same class on the same global

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
-
 import pytest
 
+from tests.helpers import REPO
+
 pytest.importorskip("matplotlib")
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = REPO / "benchmarks"
 
 
 @pytest.mark.slow

@@ -1,0 +1,1 @@
+"""Tests of lion_integrations.discovery, one module per package module."""

@@ -1,0 +1,97 @@
+"""Proxy tasks (lion_integrations.discovery.tasks): the AdamW baseline, the batched trainer against an
+ordinary loop, deterministic fitness, suites scored against tuned AdamW, and the text tasks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lion_integrations.discovery import DiscoveredOptimizer, compile_program
+from lion_integrations.discovery.baseline import AdamWStep
+from lion_integrations.discovery.data import stdlib_text
+from lion_integrations.discovery.scoring import Suite
+from lion_integrations.discovery.tasks import TINY, lr_grid
+from lion_integrations.discovery.training import Task
+from tests.helpers.discovery import LION
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_adamw_step_matches_torch_adamw():
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, dtype=torch.float64)
+    param = torch.nn.Parameter(w.clone())
+    reference = torch.optim.AdamW([param], lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+    step, m, v = AdamWStep((0.9, 0.999), 1e-8, 0.1), torch.zeros_like(w), torch.zeros_like(w)
+    for _ in range(5):
+        g = torch.randn_like(w)
+        param.grad = g.clone()
+        reference.step()
+        update, m, v = step(w, g, m, v, 0.01)
+        w = w - update
+    assert torch.allclose(w, param.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_batched_training_matches_an_ordinary_loop_with_discovered_optimizer():
+    """One row of the batched trainer is exactly a model trained by DiscoveredOptimizer on its
+    own parameter tensors (norm is per parameter tensor in both)."""
+    spec = replace(TINY, steps=12, seeds=(3,))
+    task = Task(spec)
+    program = "n = norm(g); update = g / (n + 1.0); update = update + sign(interp(g, m, 0.8)); " \
+              "update = update * lr; m = interp(g, m, 0.95)"
+    lr = 0.003
+    batched = task.train(compile_program(program), lrs=(0.001, lr, 0.01))
+    alone = task.train(compile_program(program), lrs=(lr,))
+    assert alone.losses[lr] == pytest.approx(batched.losses[lr], rel=1e-5)
+
+    theta = task._init(3).unsqueeze(0)
+    params = [t[0].clone().requires_grad_(True) for t in task._layers(theta)]
+    optimizer = DiscoveredOptimizer(params, program=program, lr=lr)
+    generator = torch.Generator().manual_seed(1003)
+    data = task.data
+    for _ in range(spec.steps):
+        rows = torch.randint(len(data.train_y), (spec.batch_size,), generator=generator)
+        logits = task._forward(torch.cat([p.reshape(1, -1) for p in params], 1), data.features(data.train[rows]).unsqueeze(0))
+        loss = torch.nn.functional.cross_entropy(logits[0], data.train_y[rows])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        logits = task._forward(torch.cat([p.reshape(1, -1) for p in params], 1), data.val)
+        val = torch.nn.functional.cross_entropy(logits[0], data.val_y).item()
+    assert val == pytest.approx(alone.losses[lr], rel=1e-4)
+
+
+def test_task_fitness_is_deterministic_and_penalises_divergence():
+    task = Task(TINY)
+    first, second = task.evaluate(LION), task.evaluate(LION)
+    assert first.losses == second.losses and first.lr in TINY.lrs
+    assert first.loss == min(first.losses.values()) < math.log(10)
+    diverging = task.evaluate("update = exp(g) * 1e30")
+    assert diverging.loss == pytest.approx(task.penalty, rel=1e-6) and task.penalty == pytest.approx(2 * math.log(10))
+    assert lr_grid(-3, -2) == (0.001, 0.00316228, 0.01)
+
+
+def test_suite_scores_relative_to_tuned_adamw():
+    suite = Suite((replace(TINY, name="a", steps=20), replace(TINY, name="b", steps=20, hidden=(8,), seeds=(4,))))
+    reference = suite.adamw(weight_decays=(0.0, 0.1))
+    assert reference.loss == 1.0 and set(reference.parts) == {"a", "b"} and set(suite.reference_decays.values()) <= {0.0, 0.1}
+    result = suite.evaluate(LION)
+    expected = sum(result.parts[n].loss / reference.parts[n].loss for n in "ab") / 2
+    assert result.loss == pytest.approx(expected)
+    assert result.parts["a"].losses == Task(replace(TINY, name="a", steps=20)).evaluate(LION).losses
+    with pytest.raises(ValueError, match="at least one task"):
+        Suite(())
+    with pytest.raises(ValueError, match="unknown data set 'mnist'"):
+        Task(replace(TINY, data="mnist"))
+
+
+def test_text_tasks_use_disjoint_standard_library_text():
+    forward, backward = stdlib_text(20_000), stdlib_text(20_000, reverse=True)
+    assert len(forward) == len(backward) == 20_000 and forward[:2000] not in backward
+    task = Task(replace(TINY, data="text2", context=3, steps=5))
+    assert task.data.dim == 3 * 48 and task.data.classes == 48
+    assert task.evaluate(LION).loss < task.penalty

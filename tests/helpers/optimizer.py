@@ -1,0 +1,43 @@
+"""Lion problems shared by the core optimizer tests: the three execution paths, parameters of
+assorted shapes in three param groups, and a seeded run of steps."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lion_integrations import Lion
+
+
+PATHS = {
+    "for-loop": dict(fused=False, foreach=False),
+    "foreach": dict(fused=False, foreach=True),
+    "fused": dict(fused=True),
+}
+
+
+def make_problem(seed: int, dtype=torch.float32):
+    """Parameters of assorted shapes (a scalar, odd sizes, a non-contiguous one) in three groups."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(17, 9), (9,), (), (3, 5, 7), (64, 33), (1,)]
+    params = [nn.Parameter(torch.randn(shape, generator=generator).to(dtype)) for shape in shapes]
+    transposed = nn.Parameter(torch.randn(12, 8, generator=generator).to(dtype).t())  # non-contiguous
+    params.append(transposed)
+    groups = [
+        {"params": params[:3], "lr": 3e-3, "weight_decay": 0.5},
+        {"params": params[3:5], "betas": (0.95, 0.98)},
+        {"params": params[5:], "lr": 1e-2, "maximize": True},
+    ]
+    return params, groups
+
+
+def run_steps(path: str, steps: int = 100, dtype=torch.float32, seed: int = 0, **options):
+    params, groups = make_problem(seed, dtype)
+    optimizer = Lion(groups, lr=1e-3, weight_decay=0.1, **PATHS[path], **options)
+    generator = torch.Generator().manual_seed(seed + 1)
+    for step in range(steps):
+        for index, param in enumerate(params):
+            # leave one parameter without a gradient on odd steps: it must be skipped
+            param.grad = None if (index == 1 and step % 2) else torch.randn(param.shape, generator=generator).to(dtype)
+        optimizer.step()
+    return params, optimizer

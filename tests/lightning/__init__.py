@@ -1,0 +1,1 @@
+"""Tests of the Lightning adapter: configure_lion, LionCallback, LightningCLI, checkpoints, DDP."""

@@ -1,0 +1,1 @@
+"""Tests of lion_integrations.quantization, one module per package module."""

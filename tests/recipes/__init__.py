@@ -1,0 +1,1 @@
+"""Tests of the recipes, one module per recipe."""

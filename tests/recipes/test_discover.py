@@ -1,0 +1,62 @@
+"""recipes/discover.py: the funnel tasks cost at least ten times the proxy, and the search runs end to
+end on tiny tasks."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import replace
+
+import pytest
+
+from lion_integrations.discovery import DiscoveredOptimizer, is_lion_form, parse
+from lion_integrations.discovery.tasks import TINY
+from lion_integrations.discovery.training import Task
+from tests.helpers import REPO
+from tests.helpers.discovery import small_params
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("discover_recipe", REPO / "recipes" / "discover.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    return recipe
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_funnel_is_at_least_ten_times_the_proxy(quick):
+    """Each funnel task costs >= 10x its proxy task (parameters x training steps), in both modes."""
+    stages = _recipe().stage_specs(quick)
+    proxy = {spec.data: spec for spec in stages["proxy"]}
+    for spec in stages["funnel"]:
+        cost = Task(spec).size * spec.steps
+        assert cost >= 10 * Task(proxy[spec.data]).size * proxy[spec.data].steps, spec
+
+
+def test_recipe_runs_end_to_end_on_tiny_tasks(tmp_path, monkeypatch, capsys):
+    recipe = _recipe()
+    monkeypatch.setattr(recipe, "PROXY", replace(TINY, steps=20))
+    monkeypatch.setattr(recipe, "FUNNEL", replace(TINY, name="funnel", steps=30, seeds=(5,)))
+    monkeypatch.setattr(recipe, "HELDOUT", replace(TINY, name="heldout", steps=30, seeds=(9,)))
+    report = recipe.main(["--budget-minutes", "0.1", "--population", "8", "--tournament", "3", "--top", "2",
+                          "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    for needle in ("Tuned AdamW", "redundancy", "cache-hit rate", "Lion-form program", "warm start", "held-out task"):
+        assert needle in printed
+    assert 1 <= len(report["programs"]) <= 2
+    assert 0 <= report["search"]["redundancy"] <= 1 and report["search"]["children"] > 0
+    assert set(report["references"]) == {"warm start", "lion"}
+    assert report["found"] == sum(p["accepted"] and p["heldout"]["beats_adamw"] for p in report["programs"])
+    for entry in report["programs"]:
+        assert set(entry) >= {"proxy", "funnel", "heldout", "text", "short", "lion_form", "accepted"}
+        assert entry["lion_form"] == is_lion_form(parse(entry["text"]))
+        for stage in ("proxy", "funnel", "heldout"):
+            assert entry[stage]["beats_adamw"] == (entry[stage]["score"] < 1.0)
+            (task, result), = entry[stage]["tasks"].items()
+            assert entry[stage]["score"] == pytest.approx(result["loss"] / report["adamw"][stage][task]["loss"])
+    saved = tmp_path / "program_1.txt"
+    assert (tmp_path / "results.json").exists() and saved.exists()
+    DiscoveredOptimizer(small_params(), program=str(saved), lr=1e-3)
+    with pytest.raises(SystemExit):
+        recipe.arguments(["--budget-minutes", "0"])
