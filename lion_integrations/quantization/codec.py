@@ -187,16 +187,27 @@ def signed_dynamic_map(bits: int = 8, device: torch.device | str | None = None) 
 # --- Blocks: tensors of shape (..., block length), one absmax per block (shape ...). ---------------
 
 
-def _inverse(absmax: torch.Tensor) -> torch.Tensor:
-    return (1.0 / torch.where(absmax > 0, absmax, torch.ones_like(absmax))).unsqueeze(-1)
+# Blocks whose absmax is below TINY_ABSMAX are scaled by RESCALE (exactly, a power of two) before
+# they are divided by it: 1 / absmax overflows to inf below 2**-128, which would encode every nonzero
+# element of the block as +-absmax.
+TINY_ABSMAX = 2.0**-100
+RESCALE = 2.0**64
+
+
+def to_unit(values: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
+    """`values` (..., L) divided by their block's `absmax` (...), as a product with the inverse (the
+    AVX-512 kernel computes the same, bit for bit); blocks of absmax 0 stay 0."""
+    rescale = torch.where(absmax < TINY_ABSMAX, RESCALE, 1.0).unsqueeze(-1)
+    scaled_absmax = absmax.unsqueeze(-1) * rescale
+    inverse = 1.0 / torch.where(scaled_absmax > 0, scaled_absmax, torch.ones_like(scaled_absmax))
+    return (values * rescale) * inverse
 
 
 def encode_nibbles(low: torch.Tensor, high: torch.Tensor):
     """4-bit blocks given as their two halves (..., L/2): (codes uint8 (..., L/2), absmax (...))."""
     low, high = low.float(), high.float()
     absmax = torch.maximum(low.abs(), high.abs()).amax(dim=-1)
-    inverse = _inverse(absmax)
-    codes = nearest_code(low * inverse, 4) | (nearest_code(high * inverse, 4) << 4)
+    codes = nearest_code(to_unit(low, absmax), 4) | (nearest_code(to_unit(high, absmax), 4) << 4)
     return codes.to(CODES_DTYPE), absmax
 
 
@@ -212,7 +223,7 @@ def encode_blocks(values: torch.Tensor, bits: int):
         return encode_nibbles(*values.chunk(2, dim=-1))
     values = values.float()
     absmax = values.abs().amax(dim=-1)
-    return nearest_code(values * _inverse(absmax), bits).to(CODES_DTYPE), absmax
+    return nearest_code(to_unit(values, absmax), bits).to(CODES_DTYPE), absmax
 
 
 def decode_blocks(codes: torch.Tensor, absmax: torch.Tensor, bits: int) -> torch.Tensor:

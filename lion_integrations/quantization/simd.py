@@ -34,7 +34,15 @@ from typing import Callable
 import torch
 
 from ..rule import lion_update_
-from .codec import DECADE_SCALE, DECADES, FOUR_BIT_MIDPOINTS, decade_encode_constants, decode_codes
+from .codec import (
+    DECADE_SCALE,
+    DECADES,
+    FOUR_BIT_MIDPOINTS,
+    RESCALE,
+    TINY_ABSMAX,
+    decade_encode_constants,
+    decode_codes,
+)
 
 TEMPLATE = Path(__file__).with_name("simd_step.cpp")
 # -ffp-contract=off: no fused multiply-adds but the ones written, so the rounding is eager torch's.
@@ -151,6 +159,8 @@ def source_code() -> str:
         "OFFSET8": _lanes(offset for _, offset, _ in encode8),
         "MIDPOINTS_BELOW4": ", ".join(map(str, counts_below_buckets(FOUR_BIT_MIDPOINTS, 4))),
         "MIDPOINTS4": _lanes(FOUR_BIT_MIDPOINTS, pad=math.inf),
+        "TINY_ABSMAX": float_literal(TINY_ABSMAX),
+        "RESCALE": float_literal(RESCALE),
         **{f"SHIFT{bits}": str(shift) for bits, (shift, _) in BUCKETS.items()},
         **{f"FIRST_BUCKET{bits}": str(first) for bits, (_, first) in BUCKETS.items()},
     }

@@ -162,6 +162,15 @@ static inline __mmask64 bytes(int64_t remaining) {
 
 static inline float inverse(float absmax) { return 1.0f / (absmax > 0.0f ? absmax : 1.0f); }
 
+// codec.to_unit's exact power-of-two rescaling of blocks whose absmax is below TINY_ABSMAX (so that
+// the inverse stays finite): the rare block's buffer [first, last) is scaled in place; returns the
+// absmax to invert.
+static inline float rescaled_absmax(float absmax, float *buffer, int64_t first, int64_t last) {
+    if (!(absmax < @TINY_ABSMAX@)) return absmax;  // NaN too
+    for (int64_t i = first; i < last; i++) buffer[i] *= @RESCALE@;
+    return absmax * @RESCALE@;
+}
+
 // |m| as float bits: for floats without a sign, integer order is float order, and NaN (whatever
 // its payload) is above infinity, so an integer maximum returns NaN as torch's amax does.
 static inline __m512i magnitude_bits(__m512 m) {
@@ -228,7 +237,7 @@ static float step_block8(float *p, const float *g, uint8_t *codes, float absmax,
         update_chunk8<false>(p + whole, g + whole, codes + whole, length - whole, old_scale, buffer + whole, &largest,
                              coefficients);
     float new_absmax = as_float(_mm512_reduce_max_epu32(largest));
-    __m512 to_unit = _mm512_set1_ps(inverse(new_absmax));
+    __m512 to_unit = _mm512_set1_ps(inverse(rescaled_absmax(new_absmax, buffer, 0, length)));
     for (int64_t i = 0; i < length; i += 64) {
         // The next block (it follows in memory) is fetched while this one encodes, which reads none.
         for (int line = 0; line < 4; line++) {
@@ -266,7 +275,9 @@ static float step_block4(float *p, const float *g, uint8_t *codes, float absmax,
         }
     }
     float new_absmax = as_float(_mm512_reduce_max_epu32(largest));
-    __m512 to_unit = _mm512_set1_ps(inverse(new_absmax));
+    float unit_absmax = rescaled_absmax(new_absmax, buffer, 0, half);
+    rescaled_absmax(new_absmax, buffer, high, high + half);
+    __m512 to_unit = _mm512_set1_ps(inverse(unit_absmax));
     for (int64_t i = 0; i < half; i += 16) {
         for (int line = 0; line < 2; line++) {  // the next block, as in step_block8
             _mm_prefetch((const char *)(p + length + 2 * i + 16 * line), _MM_HINT_T0);

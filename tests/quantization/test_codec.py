@@ -172,3 +172,13 @@ def test_dequantize_rejects_mismatched_shapes():
         quantize_blockwise(torch.randn(4, 100), 4, 3)
     with pytest.raises(ValueError, match="Invalid bits: 6"):
         quantize_blockwise(torch.randn(4, 100), 6, 32)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_blocks_below_the_smallest_normal_float_keep_the_error_bound(bits):
+    # 1 / absmax overflows to inf below 2**-128: each element must still decode near itself, not as +-absmax.
+    values = torch.tensor([[2.35e-39, 8.35e-40, -4.0e-40, 0.0, 1.0e-45, -2.35e-39]])
+    codes, absmax = quantize_blockwise(values, bits, 6)
+    decoded = dequantize_blockwise(codes, absmax, values.shape, bits, 6)
+    bound = codec.max_abs_error(absmax.repeat_interleave(6, dim=1), bits) * (1 + 1e-5) + 2.0**-149
+    assert torch.all((decoded - values).abs() <= bound)
