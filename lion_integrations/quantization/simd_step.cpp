@@ -131,8 +131,8 @@ static const float MIDPOINTS4[16] __attribute__((aligned(64))) = {@MIDPOINTS4@};
 // |x|), j = min(ceil(|x| * slope_t - offset_t), 2**(t+1) - 1). The minimum never binds for |x| <= 1:
 // at a decade's top the ceiling is 2**(t+1) - 1 with half a step to spare (simd.py checks). Larger
 // |x| is clamped to 1 first, to the same index: x is a block's element times the inverse of the
-// block's largest, so 1 plus rounding, or infinite when that inverse overflows (absmax < 2**-128).
-// NaN (0 times that inverse) passes the clamp and converts to code 0, as in eager torch.
+// block's largest (see rescaled_absmax), so at most 1 plus rounding.
+// NaN passes the clamp and converts to code 0, as in eager torch.
 static inline __m512i magnitude_index8(__m512 x) {
     __m512 magnitude = _mm512_min_ps(_mm512_set1_ps(1.0f), _mm512_abs_ps(x));  // NaN stays (2nd operand)
     __m512i decade = count_below(magnitude, DECADES_BELOW8, DECADE_TOPS8, @SHIFT8@, @FIRST_BUCKET8@);
@@ -144,7 +144,7 @@ static inline __m512i magnitude_index8(__m512 x) {
 static inline __mmask16 negative(__m512 x) { return _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ); }
 
 // codec.nearest_code for 4 bits: j = how many midpoints lie below |x|; negative values store 15 - j.
-// |x| is clamped to 1 (inf: see magnitude_index8) and NaN to 0, which no midpoint lies below.
+// |x| is clamped to 1 (see magnitude_index8) and NaN to 0, which no midpoint lies below.
 static inline __m512i encode4(__m512 x) {
     __m512 magnitude = _mm512_max_ps(_mm512_min_ps(_mm512_set1_ps(1.0f), _mm512_abs_ps(x)), _mm512_setzero_ps());
     __m512i j = count_below(magnitude, MIDPOINTS_BELOW4, MIDPOINTS4, @SHIFT4@, @FIRST_BUCKET4@);
