@@ -36,10 +36,10 @@ bound or a protected op's floor then change some elements by far more than the r
 
 Rounding: each update is rounded to `SIGNIFICANT_BITS` = 24 significant bits (relative 6e-8, fp32's
 resolution: the optimizer and the trainer compute in fp32, where a smaller difference is below one
-rounding). Algebraically equal forms differ in float64 by ~1e-15 relative, 5e7x less, so they almost
-never land in different bins; a systematic relative difference d moves about ``d / 6e-8`` of the
-probe's 2,048 updates (4,096 with sign) across a bin edge, so differences above ~1e-10 are told apart.
-A program with a non-finite update is reported as such (`Fingerprint.finite`): there the
+rounding). Algebraically equal forms differ in float64 by ~1e-15 relative, 6e7 times less, so they
+almost never land in different bins; a systematic relative difference d moves about ``d / 6e-8`` of
+the probe's 2,048 updates (4,096 with sign) across a bin edge, so differences above ~1e-10 are told
+apart. A program with a non-finite update is reported as such (`Fingerprint.finite`): there the
 numbers cannot tell programs apart (inf - inf and 0 * inf are NaN whatever the program), and callers
 add the exact symbolic hash to the key.
 """
@@ -64,7 +64,7 @@ ROW_SCALES = (-10.0, 2.0)  # log10 range of the rows' scales
 ROW_SPREAD = 2.0  # decades either side of a row's scale
 ZERO_SHARE = 1 / 16
 LRS = (-6.0, 1.0)  # log10 range of the rows' lrs
-PROBE_SEED = 20230213  # the paper's arXiv date
+PROBE_SEED = 20230213
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,9 @@ def direction(x: torch.Tensor) -> torch.Tensor:
     return torch.where(length > 0, x / torch.where(length > 0, length, 1.0), 0.0)
 
 
-def probe_run(program: Program, zero_states: Iterable[str] = (), sign_as_direction: bool = False) -> dict[str, torch.Tensor]:
+def probe_run(
+    program: Program, zero_states: Iterable[str] = (), sign_as_direction: bool = False
+) -> dict[str, torch.Tensor]:
     """The program's outputs at each probe step: {'update', 'm', 'v'} -> [STEPS, 2 * ROWS, COLUMNS]
     float64. States in `zero_states` (never written by the program) start at 0 in every row."""
     step = compile_program(program, {"sign": direction} if sign_as_direction else None)
