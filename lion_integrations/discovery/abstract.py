@@ -1,4 +1,4 @@
-"""Abstract execution: validity, dead statements, and a canonical hash of the data flow.
+"""Abstract execution: validity, dead statements, and the hash that keys the fitness cache.
 
 A program is executed on symbols instead of tensors. Each value becomes a node of an expression DAG
 identified by a Merkle hash: ``hash(op, child hashes)``, children sorted for commutative ops
@@ -7,8 +7,13 @@ identified by a Merkle hash: ``hash(op, child hashes)``, children sorted for com
 
 A state (m or v) is live when the update reads it directly or through other live states' new values;
 a state whose new value is its old one stays at its initial 0 and is folded to the constant 0.
-The program hash covers the update and the live states' new values (dead states hash as 'dead'),
-minimised over the m <-> v relabelling, so programs that compute the same updates hash equally.
+A statement is live when it reaches the update or a live state and changes a value.
+
+The program hash is the functional fingerprint (`equivalence`) of the live statements: the updates
+they compute on a fixed random probe, rounded. Programs that compute the same updates hash equally
+even when their symbols differ (``x + x`` and ``2 * x``, written-out interp, ...). When a probed
+update is not finite, the symbolic key (the update's and the live states' Merkle hashes, minimised
+over the m <-> v relabelling) joins the hash, so that NaN = NaN merges nothing.
 
 A program is invalid when its update is not a full tensor (a constant or a per-tensor scalar) or
 when no live value depends on the gradient g.
@@ -18,7 +23,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 
+from .equivalence import fingerprint
 from .ops import CONST, KIND_NAMES, OPS, SCALAR, TENSOR, fold
 from .program import INPUTS, STATES, Program
 
@@ -117,6 +124,18 @@ class Analysis:
         return self.live.count(False)
 
 
+@dataclass(frozen=True)
+class Symbolic:
+    """The symbolic pass: validity, states folded to 0, live states, per-statement liveness and the
+    canonical key of the data flow (None when invalid)."""
+
+    reason: str | None
+    zero_states: frozenset
+    live_states: frozenset
+    live: tuple[bool, ...]
+    key: str | None
+
+
 def _execute(program: Program, zero: frozenset, swap: bool) -> tuple[Graph, dict[str, Node], list[bool]]:
     """Symbolic run; returns the graph, the output nodes, and per statement whether it changed its target."""
     graph = Graph()
@@ -151,8 +170,8 @@ def _program_key(outputs: dict[str, Node], live: frozenset, swap: bool) -> str:
     return _digest("|".join([outputs["update"].key, *states]))
 
 
-def analyze(program: Program) -> Analysis:
-    """Abstractly execute `program`: validity (with a reason), live statements and states, canonical hash."""
+def symbolic(program: Program) -> Symbolic:
+    """Abstractly execute `program` on symbols (see the module docstring)."""
     zero: frozenset = frozenset()
     while True:  # fold states that are never written to their initial value 0
         graph, outputs, changed = _execute(program, zero, swap=False)
@@ -181,24 +200,52 @@ def analyze(program: Program) -> Analysis:
             live[index] = changed[index]
             if not changed[index]:
                 needed.add(statement.target)  # a no-op: the earlier value flows through
-    if reason is not None:
-        return Analysis(False, reason, None, tuple(live), live_states, zero)
-    key = _program_key(outputs, live_states, swap=False)
-    if not zero:  # the m <-> v relabelling (only when no state was folded, to keep it simple)
-        _, swapped, _ = _execute(program, zero, swap=True)
-        key = min(key, _program_key(swapped, live_states, swap=True))
-    return Analysis(True, None, key, tuple(live), live_states, zero)
+    key = None
+    if reason is None:
+        key = _program_key(outputs, live_states, swap=False)
+        if not zero:  # the m <-> v relabelling (only when no state was folded, to keep it simple)
+            _, swapped, _ = _execute(program, zero, swap=True)
+            key = min(key, _program_key(swapped, live_states, swap=True))
+    return Symbolic(reason, zero, live_states, tuple(live), key)
+
+
+def subprogram(program: Program, indices: list[int]) -> Program:
+    """The statements at `indices` (in order) as a program; an output whose name is no longer assigned
+    falls back to its input (a state keeps its value). ValueError when that is not a well-formed program."""
+    statements = tuple(program.statements[i] for i in indices)
+    defined = set(INPUTS) | {s.target for s in statements}
+    outputs = tuple(name if name in defined else state for name, state in zip(program.outputs, ("update", *STATES)))
+    return Program(statements, outputs)
+
+
+def _functional_key(program: Program, found: Symbolic) -> str:
+    """The hash of a valid program: the functional fingerprint (`equivalence`) of its live statements,
+    joined with the exact symbolic key when some probed update is not finite (there the numbers cannot
+    tell programs apart)."""
+    live = subprogram(program, [index for index, keep in enumerate(found.live) if keep])
+    return _live_key(live, found.zero_states, found.key)
+
+
+@lru_cache(maxsize=1 << 16)
+def _live_key(live: Program, zero_states: frozenset, symbolic_key: str) -> str:
+    probed = fingerprint(live, zero_states)
+    return probed.digest if probed.finite else _digest(f"{probed.digest}|{symbolic_key}")
+
+
+def analyze(program: Program) -> Analysis:
+    """Abstractly execute `program`: validity (with a reason), live statements and states, hash."""
+    found = symbolic(program)
+    key = None if found.reason is not None else _functional_key(program, found)
+    return Analysis(found.reason is None, found.reason, key, found.live, found.live_states, found.zero_states)
 
 
 def program_hash(program: Program) -> str | None:
-    """The canonical hash of `program`'s data flow (None when the program is invalid)."""
+    """The hash of `program`'s updates (None when the program is invalid): equal for programs that
+    compute the same updates (see `analyze`)."""
     return analyze(program).hash
 
 
 def prune(program: Program, analysis: Analysis | None = None) -> Program:
     """`program` without its redundant statements (same hash)."""
     analysis = analysis or analyze(program)
-    statements = tuple(s for s, keep in zip(program.statements, analysis.live) if keep)
-    defined = set(INPUTS) | {s.target for s in statements}
-    outputs = tuple(name if name in defined else state for name, state in zip(program.outputs, ("update", *STATES)))
-    return Program(statements, outputs)
+    return subprogram(program, [index for index, keep in enumerate(analysis.live) if keep])

@@ -1,17 +1,17 @@
 """Regularized evolution (Real et al. 2019) over programs, as in the paper's search.
 
 Each cycle: sample `tournament` members of the population, mutate the best (the one with the lowest
-loss), reject the child if abstract execution finds it invalid, look its canonical hash up in the
-fitness cache (evaluate only on a miss), add it, and remove the oldest member. The population starts
-as copies of the warm-start program (AdamW); after `restart_after` children without a new best of
-the round it restarts (a new round) as copies of the program that did best on the larger task: the
-best accepted by the funnel, else the best the funnel scored, else the best proxy program. (A proxy
-best that fails the funnel is often over-fitted to the small task; growing from it again stalls.)
+loss), reject the child if abstract execution finds it invalid, look its hash (the fingerprint of
+its updates, `abstract`) up in the fitness cache (evaluate only on a miss), add it, and remove the
+oldest member. The population starts as copies of the warm-start program (AdamW); after
+`restart_after` children without a new best of the round it restarts (a new round) as copies of the
+program that did best on the larger task: the best accepted by the funnel, else the best the funnel
+scored, else the best proxy program. (A proxy best that fails the funnel is often over-fitted to
+the small task; growing from it again stalls.)
 
 Funnel: a child that is the best of its round (since the start or the last restart), beats the
 AdamW proxy loss by `funnel_margin` and improves by `funnel_step` on the round's last entrant is
-evaluated on the larger task (once per canonical hash); it is accepted only if it beats AdamW there
-too.
+evaluated on the larger task (once per hash); it is accepted only if it beats AdamW there too.
 
 Statistics: redundancy = statements of valid children that abstract execution removes, over all
 their statements; cache-hit rate = valid children whose hash was already cached, over valid children.
@@ -142,7 +142,7 @@ class Search:
         self.funneled: dict[str, tuple[float, bool]] = {}  # hash -> funnel result
 
     def fitness(self, program: Program, key: str) -> float:
-        """Cached loss of `program` (whose canonical hash is `key`)."""
+        """Cached loss of `program` (whose hash is `key`)."""
         if key in self.cache:
             self.stats.cache_hits += 1
             return self.cache[key]

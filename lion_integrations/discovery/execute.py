@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from .ops import OPS, fold, norm
+from .ops import OPS, fold, get_op, norm
 from .program import INPUTS, Program, format_arg, parse
 
 Step = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -41,17 +41,22 @@ def source(program: Program) -> str:
     return "\n".join(lines)
 
 
-_CACHE: dict[str, Step] = {}
+_CACHE: dict[tuple, Step] = {}
 
 
-def compile_program(program: Program | str) -> Step:
+def compile_program(program: Program | str, implementations: dict[str, Callable] | None = None) -> Step:
     """``step(w, g, m, v, lr, norm=ops.norm) -> (update, new_m, new_v)``; outputs may be numbers,
-    scalars or tensors (callers broadcast them to the parameter's shape)."""
+    scalars or tensors (callers broadcast them to the parameter's shape). `implementations` replaces
+    the tensor implementation of the named ops (constant folding keeps the ops' own)."""
     program = parse(program)
     code = source(program)
-    step = _CACHE.get(code)
+    implementations = implementations or {}
+    for name in implementations:
+        get_op(name)
+    key = (code, tuple(sorted(implementations.items())))
+    step = _CACHE.get(key)
     if step is None:
-        namespace = {f"_op_{name}": op.fn for name, op in OPS.items()}
+        namespace = {f"_op_{name}": implementations.get(name, op.fn) for name, op in OPS.items()}
         exec(compile(code, "<discovered program>", "exec"), namespace)  # names are checked identifiers
         raw = namespace["step"]
 
@@ -60,7 +65,7 @@ def compile_program(program: Program | str) -> Step:
 
         if len(_CACHE) > 4096:
             _CACHE.clear()
-        _CACHE[code] = step
+        _CACHE[key] = step
     return step
 
 

@@ -1,6 +1,6 @@
 """Simplification: remove redundant and low-effect statements, round constants, print the shortest form.
 
-`simplify` works in passes, each keeping the canonical hash or (with `evaluate`) a loss within
+`simplify` works in passes, each keeping the program hash or (with `evaluate`) a loss within
 `tolerance` (relative) of the starting loss:
 
 1. `prune`: drop statements that abstract execution finds dead or without effect.
@@ -44,7 +44,7 @@ def _without(statements: list[Statement], index: int, value) -> list[Statement]:
 def propagate(program: Program) -> Program:
     """Remove copies (statements equal to one of their arguments: ``x = y + 0.0``, ``y * 1.0``,
     ``interp(y, y, c)``, ...) and all-constant statements by substituting that argument or the value
-    into the readers; a substitution is kept only when the canonical hash is unchanged."""
+    into the readers; a substitution is kept only when the program hash is unchanged."""
     key = analyze(program).hash
     index = 0
     while index < len(program):
@@ -102,7 +102,7 @@ def _variants(program: Program, index: int) -> list[Program]:
 
 
 def _memoized(evaluate: Callable[[Program], float]) -> Callable[[Program], float]:
-    """`evaluate` cached by canonical hash (equal hashes mean equal updates)."""
+    """`evaluate` cached by program hash (equal hashes mean equal updates)."""
     cache: dict[str, float] = {}
 
     def cached(program: Program) -> float:
