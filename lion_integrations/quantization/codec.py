@@ -128,7 +128,7 @@ def _nearest_index8(magnitude: torch.Tensor) -> torch.Tensor:
 
 # With 3 magnitude bits a decimal dynamic map (0.01, 0.055, 0.1, 0.325, ...) leaves gaps so wide
 # that deterministic rounding freezes Lion's 1%-per-step momentum updates; magnitudes 32**(-k/6),
-# k = 6..0 (1/32 to 1, ratio ~1.78), lost least in our 200-step comparisons (tests/test_quantization.py).
+# k = 6..0 (1/32 to 1, ratio ~1.78), lost least in our 200-step comparisons (tests/quantization/test_optim.py).
 _FOUR_BIT_RANGE = 32.0
 FOUR_BIT_MAGNITUDES = tuple(float(torch.tensor(_FOUR_BIT_RANGE ** (-k / 6))) for k in range(6, -1, -1))
 # Midpoints between neighbouring magnitudes (0 first), in float32: j = how many lie below |x|.

@@ -1,4 +1,4 @@
-"""Worker for test_lightning.py: Lightning DDP (gloo, CPU, 2 processes under torchrun) with Lion.
+"""Worker for tests/lightning/test_ddp.py: Lightning DDP (gloo, CPU, 2 processes under torchrun) with Lion.
 
 Trains twice, with `configure_lion` and with `LionCallback` over an AdamW module, then all-gathers
 weights and momenta and writes, from rank 0, the largest difference between ranks as JSON.

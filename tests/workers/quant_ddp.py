@@ -1,4 +1,4 @@
-"""Worker for test_quantization_distributed.py: Lion8bit/Lion4bit under data parallelism (gloo, CPU).
+"""Worker for tests/quantization/test_distributed.py: Lion8bit/Lion4bit under data parallelism (gloo, CPU).
 
     torchrun --nproc-per-node=2 quant_ddp.py accelerate BITS REPORT.json
     torchrun --nproc-per-node=2 quant_ddp.py zero BITS DIR REPORT.json

@@ -1,4 +1,4 @@
-"""Worker for test_quantization_distributed.py: Lion8bit/Lion4bit under FSDP2 (gloo, CPU, torchrun).
+"""Worker for tests/quantization/test_distributed.py: Lion8bit/Lion4bit under FSDP2 (gloo, CPU, torchrun).
 
     torchrun --nproc-per-node=2 quant_fsdp.py train BITS REPORT.json
     torchrun --nproc-per-node=N quant_fsdp.py reshard PHASE DIR REPORT.json
