@@ -38,6 +38,7 @@ bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/quant_speed.py --quick
 	$(PY) benchmarks/convergence.py --quick
 	$(PY) benchmarks/batch_size.py --quick
+	$(PY) benchmarks/distributed.py --quick
 
 # Full mode, for publication (an hour or more on 2 cores).
 bench-full: $(VENV)/.bench-installed
@@ -45,6 +46,7 @@ bench-full: $(VENV)/.bench-installed
 	$(PY) benchmarks/quant_speed.py
 	$(PY) benchmarks/convergence.py
 	$(PY) benchmarks/batch_size.py
+	$(PY) benchmarks/distributed.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache outputs

@@ -29,10 +29,20 @@ def _step_with_scalars_(param, grad, exp_avg, scalars) -> None:
     lion_step_tensor_(param, grad, exp_avg, scalars[0], scalars[1], scalars[2], scalars[3])
 
 
+def _cautious_step_with_scalars_(param, grad, exp_avg, scalars) -> None:
+    lion_step_tensor_(param, grad, exp_avg, scalars[0], scalars[1], scalars[2], scalars[3], cautious=True)
+
+
 @functools.lru_cache(maxsize=None)
 def compiled_step():
     """The compiled kernel, built once per process (Inductor caches the code on disk across runs)."""
     return torch.compile(_step_with_scalars_, fullgraph=True, dynamic=True, options=INDUCTOR_OPTIONS)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_cautious_step():
+    """The compiled kernel of the cautious rule, built on first use."""
+    return torch.compile(_cautious_step_with_scalars_, fullgraph=True, dynamic=True, options=INDUCTOR_OPTIONS)
 
 
 def flat_alias(tensor: torch.Tensor) -> torch.Tensor:
@@ -46,9 +56,10 @@ def fusable(param: torch.Tensor, exp_avg: torch.Tensor) -> bool:
     return param.is_contiguous() and exp_avg.is_contiguous() and param.numel() >= max(MIN_FUSED_NUMEL, 2)
 
 
-def fused_step_(params, grads, exp_avgs, coefficients: LionCoefficients) -> None:
-    """Run the compiled kernel on each large parameter; raises whatever compiling raises."""
-    kernel, scalars = compiled_step(), None
+def fused_step_(params, grads, exp_avgs, coefficients: LionCoefficients, *, cautious: bool = False) -> None:
+    """Run the compiled kernel on each large parameter; raises whatever compiling raises. With
+    `cautious`, `coefficients.step_size` is the parameters' cautious step size (`rule.cautious_step_size`)."""
+    kernel, scalars = compiled_cautious_step() if cautious else compiled_step(), None
     rest = ([], [], [])
     for param, grad, exp_avg in zip(params, grads, exp_avgs):
         if not fusable(param, exp_avg):
@@ -59,7 +70,7 @@ def fused_step_(params, grads, exp_avgs, coefficients: LionCoefficients) -> None
             scalars = coefficients.as_tensor(param.device)
         kernel(flat_alias(param), flat_alias(grad.contiguous()), flat_alias(exp_avg), scalars)
     if rest[0]:
-        lion_step_unfused_(*rest, coefficients, foreach=uses_foreach(None, rest[0][0].device.type))
+        lion_step_unfused_(*rest, coefficients, foreach=uses_foreach(None, rest[0][0].device.type), cautious=cautious)
 
 
 def compiled_unavailable_reason(device_type: str, probe: Callable[[], object]) -> str | None:

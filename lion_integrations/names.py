@@ -6,4 +6,5 @@ OPTIMIZER_NAMES: dict[str, str] = {
     "lion_q8": "Lion8bit",
     "lion_q4": "Lion4bit",
     "lion_discovered": "discovery.DiscoveredOptimizer",
+    "lion_vote": "vote.SignVoteLion",
 }

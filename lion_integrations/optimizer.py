@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable
@@ -10,9 +11,10 @@ from typing import Any, Callable
 import torch
 from torch.optim import Optimizer
 
+from .cautious import cautious_step_sizes
 from .checks import check_bool, check_real
 from .fused import fusable, fused_step_, fused_unavailable_reason
-from .rule import LionCoefficients, lion_step_unfused_, uses_foreach
+from .rule import LionCoefficients, kept_count, lion_step_unfused_, uses_foreach
 from .sharding import DTensor, local_shard
 from .state import check_saved_groups, checked_exp_avg, decoded_entry, param_label
 
@@ -49,8 +51,8 @@ def validate_hyperparameters(lr: Any, betas: Any, weight_decay: Any) -> None:
 
 
 def validate_flags(group: dict[str, Any]) -> None:
-    """Raise TypeError for a path flag of `group` that is not a bool (or None, for foreach and fused)."""
-    for name, allow_none in (("maximize", False), ("foreach", True), ("fused", True)):
+    """Raise TypeError for a flag of `group` that is not a bool (or None, for foreach and fused)."""
+    for name, allow_none in (("maximize", False), ("foreach", True), ("fused", True), ("cautious", False)):
         if name in group:
             check_bool(group[name], name, allow_none=allow_none)
 
@@ -99,6 +101,9 @@ class Lion(Optimizer):
             falling back with one warning; True: required, raising if it cannot compile).
         momentum_dtype: dtype of ``exp_avg`` (None: the parameter's dtype; e.g. torch.float32 for
             bf16 parameters). The arithmetic is fp32 on every path.
+        cautious: mask the update where sign(c) differs from sign(g) and divide lr by the kept
+            fraction of the whole parameter (Liang et al. 2024; see `rule.py`). Each step then
+            reads a parameter's gradient and momentum once more, to count what it keeps.
     """
 
     def __init__(
@@ -112,8 +117,9 @@ class Lion(Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         momentum_dtype: torch.dtype | str | None = None,
+        cautious: bool = False,
     ) -> None:
-        validate_flags(dict(maximize=maximize, foreach=foreach, fused=fused))
+        validate_flags(dict(maximize=maximize, foreach=foreach, fused=fused, cautious=cautious))
         if fused and foreach:
             raise ValueError("Invalid fused=True with foreach=True: choose one execution path")
         defaults = dict(
@@ -124,6 +130,7 @@ class Lion(Optimizer):
             foreach=foreach,
             fused=fused,
             momentum_dtype=as_momentum_dtype(momentum_dtype),
+            cautious=cautious,
         )
         validate_hyperparameters(lr, betas, weight_decay)
         super().__init__(params, defaults)
@@ -144,6 +151,7 @@ class Lion(Optimizer):
             group.setdefault("foreach", None)
             group.setdefault("fused", None)
             group.setdefault("momentum_dtype", None)
+            group.setdefault("cautious", False)
 
     def _init_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
         state = self.state[param]
@@ -206,19 +214,25 @@ class Lion(Optimizer):
 
     def _step_group(self, group: dict[str, Any]) -> None:
         """One step of the params of `group` that have a gradient, each with its full-precision ``exp_avg``."""
-        params, grads, exp_avgs = [], [], []
+        params, grads, exp_avgs, sources = [], [], [], []
         for param, grad, state in self._params_to_step(group):
             params.append(local_shard(param))
             grads.append(grad)
             exp_avgs.append(local_shard(state["exp_avg"]))
-        self._step_full_precision(group, params, grads, exp_avgs)
+            sources.append(param)
+        self._step_full_precision(group, params, grads, exp_avgs, sources)
 
-    def _step_full_precision(self, group: dict[str, Any], params, grads, exp_avgs) -> None:
-        """Step `params` (shards) of `group` with their `grads` and full-precision `exp_avgs`, bucketed
-        by device and dtypes, each bucket on the path `execution_path` picks."""
+    def _step_full_precision(self, group: dict[str, Any], params, grads, exp_avgs, sources) -> None:
+        """Step `params` (shards of the parameters `sources`) of `group` with their `grads` and
+        full-precision `exp_avgs`, bucketed by device and dtypes, each bucket on the path
+        `execution_path` picks."""
         if not params:
             return
         coefficients = LionCoefficients.from_group(group["lr"], group["betas"], group["weight_decay"])
+        cautious, step_sizes = group["cautious"], None
+        if cautious:
+            counts = [kept_count(grad, exp_avg, coefficients.update_weight) for grad, exp_avg in zip(grads, exp_avgs)]
+            step_sizes = cautious_step_sizes(sources, counts, coefficients.step_size)
         buckets = defaultdict(list)
         for index, (param, grad, exp_avg) in enumerate(zip(params, grads, exp_avgs)):
             buckets[(param.device, param.dtype, grad.dtype, exp_avg.dtype)].append(index)
@@ -226,10 +240,15 @@ class Lion(Optimizer):
             bucket = [[tensors[i] for i in indices] for tensors in (params, grads, exp_avgs)]
             any_fusable = any(fusable(param, exp_avg) for param, _, exp_avg in zip(*bucket))
             path = self.execution_path(group, device, any_fusable=any_fusable)
-            if path == "fused":
+            own = None if step_sizes is None else [step_sizes[i] for i in indices]
+            if path == "fused" and own is None:
                 fused_step_(*bucket, coefficients)
+            elif path == "fused":  # one compiled call per parameter, each with its step size
+                for param, grad, exp_avg, step_size in zip(*bucket, own):
+                    fused_step_([param], [grad], [exp_avg], dataclasses.replace(coefficients, step_size=step_size),
+                                cautious=True)
             else:
-                lion_step_unfused_(*bucket, coefficients, foreach=path == "foreach")
+                lion_step_unfused_(*bucket, coefficients, foreach=path == "foreach", cautious=cautious, step_sizes=own)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict after checking it fits; on any error the optimizer is left unchanged."""

@@ -8,6 +8,18 @@ Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", Algorithm 2, 
 
 `lion_update_` is generic over an ops table: `TENSOR_OPS` runs it on one tensor (the reference
 loop, and the body that `torch.compile` fuses into one pass), `FOREACH_OPS` on lists of tensors.
+It runs three stages, which the sign-vote mode (`lion_integrations.vote`) also runs, with the vote
+between the first and the second:
+
+    u = lion_direction(g, m)             # sign(c), from this process's gradient and momentum
+    lion_apply_(p, u)                    # p = p*(1 - lr*wd) - lr*u
+    lion_momentum_(m, g)                 # m = lerp(m, g, 1-b2)
+
+Cautious masking (Liang et al. 2024, "Cautious Optimizers", arXiv 2411.16085), ``cautious=True``:
+the direction is 0 wherever sign(c) differs from sign(g) (``u*g > 0`` keeps it; g = 0 never does),
+and the step size of a parameter is divided by the fraction of its elements kept,
+``lr / max(kept / numel, CAUTIOUS_MIN_FRACTION)`` (`cautious_step_size`), so the update keeps its
+overall size. Weight decay is not masked.
 """
 
 from __future__ import annotations
@@ -17,6 +29,21 @@ from types import SimpleNamespace
 
 import torch
 
+# Smallest kept fraction the cautious rescaling divides by (the paper's clamp): a parameter whose
+# directions are almost all masked moves by at most 1000 x lr on the few it keeps.
+CAUTIOUS_MIN_FRACTION = 1e-3
+
+
+def _keep_agreeing_(update: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """`update` set to +0 where ``update * grad > 0`` fails (signs differ, a zero, or a NaN)."""
+    return update.masked_fill_(~(update * grad > 0), 0.0)
+
+
+def _keep_agreeing_foreach_(updates, grads) -> None:
+    for update, grad in zip(updates, grads):
+        _keep_agreeing_(update, grad)
+
+
 TENSOR_OPS = SimpleNamespace(
     lerp=torch.lerp,
     lerp_=torch.Tensor.lerp_,
@@ -24,6 +51,7 @@ TENSOR_OPS = SimpleNamespace(
     mul_=torch.Tensor.mul_,
     sub_=torch.Tensor.sub_,
     neg=torch.neg,
+    keep_agreeing_=_keep_agreeing_,
 )
 
 FOREACH_OPS = SimpleNamespace(
@@ -33,6 +61,7 @@ FOREACH_OPS = SimpleNamespace(
     mul_=torch._foreach_mul_,
     sub_=torch._foreach_sub_,
     neg=torch._foreach_neg,
+    keep_agreeing_=_keep_agreeing_foreach_,
 )
 
 
@@ -65,39 +94,80 @@ class LionCoefficients:
         return torch.tensor(self.scalars(), dtype=torch.float32, device=device)
 
 
-def lion_update_(ops, param, grad, exp_avg, step_size, update_weight, momentum_weight, decay) -> None:
-    """One Lion step, in place on `param` and `exp_avg` (tensors, or lists of tensors with FOREACH_OPS).
-
-    param <- param*decay - step_size*sign(lerp(exp_avg, grad, update_weight))
-    exp_avg <- lerp(exp_avg, grad, momentum_weight)
-    """
+def lion_direction(ops, grad, exp_avg, update_weight, *, cautious: bool = False):
+    """Stage 1: the update direction sign(lerp(exp_avg, grad, update_weight)), a new tensor (list)
+    of -1, 0 and +1; with `cautious`, 0 where it disagrees with sign(grad)."""
     update = ops.lerp(exp_avg, grad, update_weight)
     ops.sign_(update)
+    if cautious:
+        ops.keep_agreeing_(update, grad)
+    return update
+
+
+def lion_apply_(ops, param, update, step_size, decay) -> None:
+    """Stage 2: param <- param*decay - step_size*update (`update` is scaled in place)."""
     ops.mul_(update, step_size)
     if not (isinstance(decay, float) and decay == 1.0):
         ops.mul_(param, decay)
     ops.sub_(param, update)
+
+
+def lion_momentum_(ops, exp_avg, grad, momentum_weight) -> None:
+    """Stage 3: exp_avg <- lerp(exp_avg, grad, momentum_weight)."""
     ops.lerp_(exp_avg, grad, momentum_weight)
 
 
-def lion_step_tensor_(param, grad, exp_avg, step_size, update_weight, momentum_weight, decay) -> None:
+def lion_update_(ops, param, grad, exp_avg, step_size, update_weight, momentum_weight, decay, *, cautious=False) -> None:
+    """One Lion step, in place on `param` and `exp_avg` (tensors, or lists of tensors with FOREACH_OPS).
+
+    param <- param*decay - step_size*sign(lerp(exp_avg, grad, update_weight))
+    exp_avg <- lerp(exp_avg, grad, momentum_weight)
+
+    With `cautious`, the sign is masked (`lion_direction`) and `step_size` should come from
+    `cautious_step_size`.
+    """
+    update = lion_direction(ops, grad, exp_avg, update_weight, cautious=cautious)
+    lion_apply_(ops, param, update, step_size, decay)
+    lion_momentum_(ops, exp_avg, grad, momentum_weight)
+
+
+def cautious_step_size(step_size, kept: int, total: int):
+    """The step size of a cautious update that keeps `kept` of a parameter's `total` elements:
+    step_size / max(kept / total, CAUTIOUS_MIN_FRACTION), the ratio taken in float64."""
+    return step_size * (total / max(kept, total * CAUTIOUS_MIN_FRACTION)) if total else step_size
+
+
+def kept_count(grad: torch.Tensor, exp_avg: torch.Tensor, update_weight: float) -> int:
+    """How many elements the cautious mask keeps (`lion_direction(cautious=True)` nonzero), in fp32."""
+    direction = lion_direction(TENSOR_OPS, grad.float(), exp_avg.float(), update_weight, cautious=True)
+    return int(torch.count_nonzero(direction))
+
+
+def lion_step_tensor_(param, grad, exp_avg, step_size, update_weight, momentum_weight, decay, *, cautious=False) -> None:
     """`lion_update_` on one tensor, computed in fp32 and rounded once into low-precision storage."""
     param32, exp_avg32 = param.float(), exp_avg.float()
-    lion_update_(TENSOR_OPS, param32, grad.float(), exp_avg32, step_size, update_weight, momentum_weight, decay)
+    lion_update_(
+        TENSOR_OPS, param32, grad.float(), exp_avg32, step_size, update_weight, momentum_weight, decay,
+        cautious=cautious,
+    )
     if param32 is not param:
         param.copy_(param32)
     if exp_avg32 is not exp_avg:
         exp_avg.copy_(exp_avg32)
 
 
-def lion_step_foreach_(params, grads, exp_avgs, step_size, update_weight, momentum_weight, decay) -> None:
-    """`lion_update_` on lists of tensors sharing device and dtypes, in fp32 like `lion_step_tensor_`."""
+def lion_step_foreach_(params, grads, exp_avgs, step_size, update_weight, momentum_weight, decay, *, cautious=False) -> None:
+    """`lion_update_` on lists of tensors sharing device and dtypes, in fp32 like `lion_step_tensor_`;
+    `step_size` is one number, or a list of one per tensor (cautious step sizes)."""
     if not params:
         return
     params32 = [p.float() for p in params]
     exp_avgs32 = [m.float() for m in exp_avgs]
     grads32 = [g.float() for g in grads]
-    lion_update_(FOREACH_OPS, params32, grads32, exp_avgs32, step_size, update_weight, momentum_weight, decay)
+    lion_update_(
+        FOREACH_OPS, params32, grads32, exp_avgs32, step_size, update_weight, momentum_weight, decay,
+        cautious=cautious,
+    )
     if params32[0] is not params[0]:
         torch._foreach_copy_(params, params32)
     if exp_avgs32[0] is not exp_avgs[0]:
@@ -110,11 +180,18 @@ def uses_foreach(foreach: bool | None, device_type: str) -> bool:
     return foreach if foreach is not None else device_type == "cuda"
 
 
-def lion_step_unfused_(params, grads, exp_avgs, coefficients: LionCoefficients, *, foreach: bool) -> None:
+def lion_step_unfused_(
+    params, grads, exp_avgs, coefficients: LionCoefficients, *, foreach: bool, cautious: bool = False, step_sizes=None
+) -> None:
     """One step of lists of tensors sharing device and dtypes: `lion_step_foreach_` on all of them,
-    or `lion_step_tensor_` on each."""
+    or `lion_step_tensor_` on each. `step_sizes`: one per tensor (cautious step sizes) in place of
+    `coefficients.step_size`."""
+    _, update_weight, momentum_weight, decay = coefficients.scalars()
+    if step_sizes is None:
+        step_sizes = [coefficients.step_size] * len(params)
     if foreach:
-        lion_step_foreach_(params, grads, exp_avgs, *coefficients.scalars())
+        step_size = step_sizes if cautious else coefficients.step_size
+        lion_step_foreach_(params, grads, exp_avgs, step_size, update_weight, momentum_weight, decay, cautious=cautious)
         return
-    for param, grad, exp_avg in zip(params, grads, exp_avgs):
-        lion_step_tensor_(param, grad, exp_avg, *coefficients.scalars())
+    for param, grad, exp_avg, step_size in zip(params, grads, exp_avgs, step_sizes):
+        lion_step_tensor_(param, grad, exp_avg, step_size, update_weight, momentum_weight, decay, cautious=cautious)

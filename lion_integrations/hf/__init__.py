@@ -9,6 +9,8 @@ Names (values of `transformers.training_args.OptimizerNames`):
   `Lion8bit` / `Lion4bit`, registered only when this version of lion_integrations provides them.
 - ``lion_discovered`` (``LION_INTEGRATIONS_DISCOVERED``): `lion_integrations.discovery.DiscoveredOptimizer`
   running a program found by the search, named in ``optim_args`` (``program=PATH`` or a builtin name).
+- ``lion_vote`` (``LION_INTEGRATIONS_VOTE``): `lion_integrations.vote.SignVoteLion`, the sign-vote mode
+  for multi-process runs (it skips DDP's gradient all-reduce itself; ``optim_args="vote=average"``).
 
 transformers' own ``lion_32bit``, ``lion_8bit``, ``paged_lion_*`` (bitsandbytes; the member
 ``OptimizerNames.LION`` is ``"lion_32bit"``) are left exactly as they are.

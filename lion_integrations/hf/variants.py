@@ -8,7 +8,9 @@ from ..names import OPTIMIZER_NAMES
 # optim name -> (OptimizerNames member name, class path inside lion_integrations)
 VARIANTS: dict[str, tuple[str, str]] = {
     name: (f"LION_INTEGRATIONS{suffix}", OPTIMIZER_NAMES[name])
-    for name, suffix in (("lion", ""), ("lion_q8", "_Q8"), ("lion_q4", "_Q4"), ("lion_discovered", "_DISCOVERED"))
+    for name, suffix in (
+        ("lion", ""), ("lion_q8", "_Q8"), ("lion_q4", "_Q4"), ("lion_discovered", "_DISCOVERED"), ("lion_vote", "_VOTE"),
+    )
 }
 
 

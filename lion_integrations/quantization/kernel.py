@@ -44,29 +44,31 @@ WORKSPACE_BYTES = 1 << 24
 
 
 def quantized_lion_step_(
-    param, grad, codes, absmax, new_codes, step_size, update_weight, momentum_weight, decay, *, bits
+    param, grad, codes, absmax, new_codes, step_size, update_weight, momentum_weight, decay, *, bits, cautious=False
 ) -> torch.Tensor:
     """One step on blocks: `param`, `grad` (..., L); `codes`, `new_codes` (..., L or L/2); `absmax` (...).
 
     Updates `param` in place, writes the new momentum's codes to `new_codes` (which may be `codes`
     when run eagerly) and returns its absmax. For 4 bits, `param` and `grad` are pairs of halves
     (..., L/2), the elements of the low and of the high nibbles, so that every loop runs over bytes.
+    `cautious`: the masked rule, with `step_size` the parameter's cautious step size.
     """
+    scalars = (step_size, update_weight, momentum_weight, decay)
     if bits == 4:
         exp_avgs = decode_nibbles(codes, absmax)
         for param_half, grad_half, exp_avg in zip(param, grad, exp_avgs):
-            lion_step_tensor_(param_half, grad_half, exp_avg, step_size, update_weight, momentum_weight, decay)
+            lion_step_tensor_(param_half, grad_half, exp_avg, *scalars, cautious=cautious)
         encoded, new_absmax = encode_nibbles(*exp_avgs)
     else:
         exp_avg = decode_blocks(codes, absmax, bits)
-        lion_step_tensor_(param, grad, exp_avg, step_size, update_weight, momentum_weight, decay)
+        lion_step_tensor_(param, grad, exp_avg, *scalars, cautious=cautious)
         encoded, new_absmax = encode_blocks(exp_avg, bits)
     new_codes.copy_(encoded)
     return new_absmax
 
 
-# One function per (bits, part) so that each has its own code object, hence its own Dynamo cache:
-# full blocks (rows, n, block_size) and a row's short last block (rows, 1, t) are different graphs.
+# One function per (bits, part, cautious) so that each has its own code object, hence its own Dynamo
+# cache: full blocks (rows, n, block_size) and a row's short last block (rows, 1, t) are different graphs.
 def _step8_full(param, grad, codes, absmax, new_codes, scalars):
     return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), bits=8)
 
@@ -85,13 +87,39 @@ def _step4_tail(param_low, param_high, grad_low, grad_high, codes, absmax, new_c
         (param_low, param_high), (grad_low, grad_high), codes, absmax, new_codes, *scalars.unbind(), bits=4)
 
 
-_STEPS = {(8, "full"): _step8_full, (8, "tail"): _step8_tail, (4, "full"): _step4_full, (4, "tail"): _step4_tail}
+def _cautious_step8_full(param, grad, codes, absmax, new_codes, scalars):
+    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), bits=8, cautious=True)
+
+
+def _cautious_step8_tail(param, grad, codes, absmax, new_codes, scalars):
+    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), bits=8, cautious=True)
+
+
+def _cautious_step4_full(param_low, param_high, grad_low, grad_high, codes, absmax, new_codes, scalars):
+    return quantized_lion_step_(
+        (param_low, param_high), (grad_low, grad_high), codes, absmax, new_codes, *scalars.unbind(), bits=4,
+        cautious=True)
+
+
+def _cautious_step4_tail(param_low, param_high, grad_low, grad_high, codes, absmax, new_codes, scalars):
+    return quantized_lion_step_(
+        (param_low, param_high), (grad_low, grad_high), codes, absmax, new_codes, *scalars.unbind(), bits=4,
+        cautious=True)
+
+
+_STEPS = {
+    (8, "full", False): _step8_full, (8, "tail", False): _step8_tail,
+    (4, "full", False): _step4_full, (4, "tail", False): _step4_tail,
+    (8, "full", True): _cautious_step8_full, (8, "tail", True): _cautious_step8_tail,
+    (4, "full", True): _cautious_step4_full, (4, "tail", True): _cautious_step4_tail,
+}
 
 
 @functools.lru_cache(maxsize=None)
-def compiled_quantized_step(bits: int, part: str):
-    """The compiled step for `bits` and `part` ('full' blocks or the 'tail' ones), built once per process."""
-    return torch.compile(_STEPS[bits, part], fullgraph=True, dynamic=True, options=_INDUCTOR_OPTIONS)
+def compiled_quantized_step(bits: int, part: str, cautious: bool = False):
+    """The compiled step for `bits`, `part` ('full' blocks or the 'tail' ones) and the cautious
+    rule or not, built once per process."""
+    return torch.compile(_STEPS[bits, part, cautious], fullgraph=True, dynamic=True, options=_INDUCTOR_OPTIONS)
 
 
 _workspaces: dict[torch.device, torch.Tensor] = {}
@@ -111,16 +139,21 @@ def _row_slices(rows: int, bytes_per_row: int, fused: bool):
     return [(start, min(rows, start + step)) for start in range(0, rows, step)]
 
 
-def step_quantized_param_(param, grad, codes, absmax, coefficients, *, bits, block_size, fused) -> None:
+def step_quantized_param_(param, grad, codes, absmax, coefficients, *, bits, block_size, fused, cautious=False) -> None:
     """Step one parameter (or local shard) whose momentum is `codes`/`absmax` in the row layout."""
-    step_quantized_params_([(param, grad, codes, absmax)], coefficients, bits=bits, block_size=block_size, fused=fused)
+    step_quantized_params_(
+        [(param, grad, codes, absmax)], coefficients, bits=bits, block_size=block_size, fused=fused, cautious=cautious
+    )
 
 
-def step_quantized_params_(items, coefficients: LionCoefficients, *, bits: int, block_size: int, fused: bool) -> None:
+def step_quantized_params_(
+    items, coefficients: LionCoefficients, *, bits: int, block_size: int, fused: bool, cautious: bool = False
+) -> None:
     """Step parameters of one param group on one device: `items` are (param, grad, codes, absmax).
 
     Fused, fp32 parameters on a CPU with AVX-512 run `simd`'s kernel, all in one call; the others
-    the compiled step, one call per block shape (not fused: the eager step).
+    the compiled step, one call per block shape (not fused: the eager step). `cautious`: the
+    masked rule, `coefficients.step_size` being the cautious step size of every item.
     """
     kernel_tensors, write_back, scalars = ([], [], [], []), [], None
     for param, grad, codes, absmax in items:
@@ -140,14 +173,15 @@ def step_quantized_params_(items, coefficients: LionCoefficients, *, bits: int, 
             continue
         if fused and scalars is None:
             scalars = coefficients.as_tensor(param.device)
-        _step_blocks_(*as_rows, coefficients, bits, block_size, fused, scalars)
+        _step_blocks_(*as_rows, coefficients, bits, block_size, fused, scalars, cautious)
     if kernel_tensors[0]:
-        simd.step_(*kernel_tensors, coefficients, bits=bits, block_size=block_size)
+        simd.step_(*kernel_tensors, coefficients, bits=bits, block_size=block_size, cautious=cautious)
     for work, original in write_back:
         original.copy_(work)
 
 
-def _step_blocks_(param_rows, grad_rows, codes_rows, absmax, coefficients, bits, block_size, fused, scalars) -> None:
+def _step_blocks_(param_rows, grad_rows, codes_rows, absmax, coefficients, bits, block_size, fused, scalars,
+                  cautious=False) -> None:
     """`quantized_lion_step_` over the block views of 2-D rows: compiled (fused, with the step's
     scalars as one tensor) or eagerly."""
     if fused:
@@ -167,11 +201,13 @@ def _step_blocks_(param_rows, grad_rows, codes_rows, absmax, coefficients, bits,
             if fused:
                 new_codes = _workspace_like(part_codes)
                 tensors = (*part_param, *part_grad) if bits == 4 else (part_param, part_grad)
-                new_absmax = compiled_quantized_step(bits, name)(*tensors, part_codes, part_absmax, new_codes, scalars)
+                step = compiled_quantized_step(bits, name, cautious)
+                new_absmax = step(*tensors, part_codes, part_absmax, new_codes, scalars)
                 part_codes.copy_(new_codes)
             else:
                 new_absmax = quantized_lion_step_(
-                    part_param, part_grad, part_codes, part_absmax, part_codes, *coefficients.scalars(), bits=bits
+                    part_param, part_grad, part_codes, part_absmax, part_codes, *coefficients.scalars(), bits=bits,
+                    cautious=cautious,
                 )
             part_absmax.copy_(new_absmax)
             if stepped is not target:

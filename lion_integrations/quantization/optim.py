@@ -7,6 +7,7 @@ result (`kernel.quantized_lion_step_`), fused by `torch.compile` into one pass.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import warnings
 import weakref
@@ -15,8 +16,9 @@ from typing import Any
 
 import torch
 
+from ..cautious import cautious_step_sizes
 from ..optimizer import Lion, fallback_path
-from ..rule import LionCoefficients
+from ..rule import LionCoefficients, kept_count
 from ..sharding import DTensor, Replicate, Shard, local_shard
 from ..state import checked_exp_avg, decoded_entry
 from .codec import (
@@ -25,6 +27,7 @@ from .codec import (
     check_bits,
     check_block_size,
     check_min_quantized_size,
+    dequantize_blockwise,
     quantized_shapes,
     rows_and_cols,
 )
@@ -219,23 +222,44 @@ class QuantizedLion(Lion):
 
     def _step_group(self, group: dict[str, Any]) -> None:
         """Full-precision momenta on `Lion`'s paths; quantized ones per device on `_quantized_path`."""
-        full_precision, quantized = ([], [], []), {}
+        full_precision, quantized, sources = ([], [], [], []), {}, {}
         for param, grad, state in self._params_to_step(group):
             local_param = local_shard(param)
             if CODES in state:
                 quantized.setdefault(local_param.device, []).append(
                     (local_param, grad, local_shard(state[CODES]), local_shard(state[ABSMAX]))
                 )
+                sources.setdefault(local_param.device, []).append(param)
             else:
-                for tensors, tensor in zip(full_precision, (local_param, grad, local_shard(state["exp_avg"]))):
-                    tensors.append(tensor)
+                tensors = (local_param, grad, local_shard(state["exp_avg"]), param)
+                for bucket, tensor in zip(full_precision, tensors):
+                    bucket.append(tensor)
         self._step_full_precision(group, *full_precision)
         if not quantized:
             return
         coefficients = LionCoefficients.from_group(group["lr"], group["betas"], group["weight_decay"])
+        codec = dict(bits=group["bits"], block_size=group["block_size"])
+        if group["cautious"]:
+            self._step_cautious(group, quantized, sources, coefficients, codec)
+            return
         for device, items in quantized.items():
             fused = self._quantized_path(group, device) == "fused"
-            step_quantized_params_(items, coefficients, bits=group["bits"], block_size=group["block_size"], fused=fused)
+            step_quantized_params_(items, coefficients, **codec, fused=fused)
+
+    def _step_cautious(self, group, quantized, sources, coefficients, codec) -> None:
+        """The cautious step of quantized momenta: count what each keeps (decoding its momentum in
+        full precision once), then step each with its own step size."""
+        counts = [
+            kept_count(grad, dequantize_blockwise(codes, absmax, param.shape, **codec), coefficients.update_weight)
+            for items in quantized.values() for param, grad, codes, absmax in items
+        ]
+        params = [param for device in quantized for param in sources[device]]
+        step_sizes = iter(cautious_step_sizes(params, counts, coefficients.step_size))
+        for device, items in quantized.items():
+            fused = self._quantized_path(group, device) == "fused"
+            for item in items:
+                own = dataclasses.replace(coefficients, step_size=next(step_sizes))
+                step_quantized_params_([item], own, **codec, fused=fused, cautious=True)
 
     # --- State dicts. --------------------------------------------------------------------------
 

@@ -89,11 +89,14 @@ class CodeWriter:
     def neg(self, x):
         return self._temporary(f"_mm512_xor_ps({x}, _mm512_set1_ps(-0.0f))")
 
+    def keep_agreeing_(self, x, y):
+        self._assign(x, f"keep_agreeing({x}, {y})")
 
-def rule_statements() -> list[str]:
+
+def rule_statements(cautious: bool = False) -> list[str]:
     """`lion_update_` as C statements on p, g, m (vectors) and the step's four float scalars."""
     writer = CodeWriter()
-    lion_update_(writer, *RULE_ARGUMENTS)
+    lion_update_(writer, *RULE_ARGUMENTS, cautious=cautious)
     return writer.lines
 
 
@@ -149,7 +152,8 @@ def source_code() -> str:
             raise AssertionError(f"decade {decade}'s top encodes too close to its cap: keep the minimum")
     tops8 = DECADE_SCALE[: DECADES - 1]  # decade t holds magnitudes above t of these
     fields = {
-        "RULE": "\n".join(f"    {line}" for line in rule_statements()),
+        "RULE": "\n".join(f"        {line}" for line in rule_statements()),
+        "CAUTIOUS_RULE": "\n".join(f"        {line}" for line in rule_statements(cautious=True)),
         "MAGNITUDE_BYTES8": magnitude_bytes8(),
         "PLANE_ORDER": ", ".join(str(16 * (i // 4 % 4) + 4 * (i // 16) + i % 4) for i in range(64)),
         "DECODE4": _lanes(decode_codes(torch.arange(16), 4).tolist()),
@@ -211,7 +215,7 @@ def compiled_step() -> Callable[..., int]:
     entry_point.restype = ctypes.c_int
     entry_point.argtypes = (
         [ctypes.c_int] + [ctypes.POINTER(ctypes.c_void_p)] * 4 + [ctypes.POINTER(ctypes.c_int64)] * 2
-        + [ctypes.c_int64, ctypes.c_int] + [ctypes.c_float] * 4 + [ctypes.c_int]
+        + [ctypes.c_int64, ctypes.c_int, ctypes.c_int] + [ctypes.c_float] * 4 + [ctypes.c_int]
     )
     return entry_point
 
@@ -239,9 +243,10 @@ def applies(param: torch.Tensor, grad: torch.Tensor) -> bool:
     )
 
 
-def step_(params, grads, codes, absmaxes, coefficients, *, bits: int, block_size: int) -> None:
+def step_(params, grads, codes, absmaxes, coefficients, *, bits: int, block_size: int, cautious: bool = False) -> None:
     """One step, in place, of contiguous (rows, cols) fp32 parameters with their gradients, codes and
-    absmax (contiguous, in the codec's row layout), all of one param group, in one kernel call."""
+    absmax (contiguous, in the codec's row layout), all of one param group, in one kernel call
+    (`cautious`: the masked rule, with `coefficients.step_size` the cautious step size of all)."""
     count = len(params)
     if not count:
         return
@@ -254,7 +259,7 @@ def step_(params, grads, codes, absmaxes, coefficients, *, bits: int, block_size
 
     failed = compiled_step()(
         count, pointers(params), pointers(grads), pointers(codes), pointers(absmaxes), sizes(0), sizes(1),
-        block_size, bits, coefficients.step_size, coefficients.update_weight, coefficients.momentum_weight,
+        block_size, bits, int(cautious), coefficients.step_size, coefficients.update_weight, coefficients.momentum_weight,
         coefficients.decay, torch.get_num_threads(),
     )
     if failed:

@@ -77,6 +77,11 @@ static inline __m512 sign(__m512 x) {
 
 static inline __m512 scale(__m512 x, __m512 factor) { return _mm512_mul_ps(x, factor); }
 
+// x where x * g > 0, else +0: the cautious mask (rule.py), NaN included among the dropped.
+static inline __m512 keep_agreeing(__m512 x, __m512 g) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_mul_ps(x, g), _mm512_setzero_ps(), _CMP_GT_OQ), x);
+}
+
 // sign(x) * factor for a factor >= 0 (the step size): the factor with x's sign bit, or 0 where
 // sign(x) is 0, in one instruction. Equal to the product: +-factor, and +0 for 0 and NaN.
 static inline __m512 sign_times(__m512 x, __m512 factor) {
@@ -85,9 +90,10 @@ static inline __m512 sign_times(__m512 x, __m512 factor) {
         nonzero, _mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN), _mm512_castps_si512(factor), 0xEA));
 }
 
-// The step's scalars (rule.LionCoefficients), broadcast once.
-template <bool UpdateSmall, bool MomentumSmall>
+// The step's scalars (rule.LionCoefficients), broadcast once, and whether the rule is cautious.
+template <bool UpdateSmall, bool MomentumSmall, bool Cautious>
 struct Coefficients {
+    static constexpr bool cautious = Cautious;
     __m512 step_size, decay;
     LerpWeight<UpdateSmall> update_weight;
     LerpWeight<MomentumSmall> momentum_weight;
@@ -100,7 +106,11 @@ static inline void lion_rule(__m512 *p_, __m512 g, __m512 *m_, const Scalars &co
     const auto &update_weight = coefficients.update_weight;
     const auto &momentum_weight = coefficients.momentum_weight;
     __m512 p = *p_, m = *m_;
+    if constexpr (Scalars::cautious) {
+@CAUTIOUS_RULE@
+    } else {
 @RULE@
+    }
     *p_ = p;
     *m_ = m;
 }
@@ -349,21 +359,33 @@ static int step_parameters(int count, float *const *params, const float *const *
     return failed;
 }
 
-template <bool UpdateSmall, bool MomentumSmall>
-static Coefficients<UpdateSmall, MomentumSmall> coefficients(float step_size, float update_weight,
-                                                             float momentum_weight, float decay) {
+template <bool UpdateSmall, bool MomentumSmall, bool Cautious>
+static Coefficients<UpdateSmall, MomentumSmall, Cautious> coefficients(float step_size, float update_weight,
+                                                                       float momentum_weight, float decay) {
     return {_mm512_set1_ps(step_size), _mm512_set1_ps(decay), lerp_weight<UpdateSmall>(update_weight),
             lerp_weight<MomentumSmall>(momentum_weight)};
 }
 
-extern "C" int quantized_lion_step(int count, float *const *params, const float *const *grads, uint8_t *const *codes,
-                                   float *const *absmaxes, const int64_t *rows, const int64_t *cols,
-                                   int64_t block_size, int bits, float step_size, float update_weight,
-                                   float momentum_weight, float decay, int threads) {
+template <bool Cautious>
+static int step_with_rule(int count, float *const *params, const float *const *grads, uint8_t *const *codes,
+                          float *const *absmaxes, const int64_t *rows, const int64_t *cols, int64_t block_size,
+                          int bits, float step_size, float update_weight, float momentum_weight, float decay,
+                          int threads) {
 #define STEP(U, M) step_parameters(count, params, grads, codes, absmaxes, rows, cols, block_size, bits, \
-                                   coefficients<U, M>(step_size, update_weight, momentum_weight, decay), threads)
+                                   coefficients<U, M, Cautious>(step_size, update_weight, momentum_weight, decay), \
+                                   threads)
     if (small_weight(update_weight))
         return small_weight(momentum_weight) ? STEP(true, true) : STEP(true, false);
     return small_weight(momentum_weight) ? STEP(false, true) : STEP(false, false);
 #undef STEP
+}
+
+// cautious: the masked rule (rule.py), step_size being every parameter's cautious step size.
+extern "C" int quantized_lion_step(int count, float *const *params, const float *const *grads, uint8_t *const *codes,
+                                   float *const *absmaxes, const int64_t *rows, const int64_t *cols,
+                                   int64_t block_size, int bits, int cautious, float step_size, float update_weight,
+                                   float momentum_weight, float decay, int threads) {
+    return (cautious ? step_with_rule<true> : step_with_rule<false>)(
+        count, params, grads, codes, absmaxes, rows, cols, block_size, bits, step_size, update_weight,
+        momentum_weight, decay, threads);
 }
