@@ -32,7 +32,7 @@ test-fast: setup
 gpu-check: setup
 	$(PY) tests/gpu/lightning_strategies.py
 
-# Quick mode (under 10 minutes on 2 cores); tables and plots go to outputs/.
+# Quick mode (about 11 minutes on 2 cores); tables and plots go to outputs/.
 bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/step_speed.py --quick
 	$(PY) benchmarks/quant_speed.py --quick

@@ -17,7 +17,7 @@ For each world size W, in processes started here (torch.multiprocessing, gloo on
   sd over seeds. Quick mode runs a subset at each world size (`QUICK_CONFIGS`); at 2 ranks without
   abstentions 'average' equals 'majority' (a sum of two +-1 is -2, 0 or 2).
 
-Writes outputs/distributed.md and outputs/distributed.png.
+Writes outputs/distributed.md, outputs/distributed.png and the measurements as outputs/distributed.json.
 """
 
 from __future__ import annotations
@@ -263,17 +263,18 @@ def plot(all_results: list[dict], path: Path) -> None:
     bytes_axis.axvline(16, color="gray", linestyle="--", linewidth=1, label="16x")
     bytes_axis.set_xlabel("DDP all-reduce bytes / vote bytes, per rank per step")
     bytes_axis.legend()
+    names = [name for name in CONFIGS if any(name in results["quality"] for results in all_results)]
     width = 0.8 / len(all_results)
     for index, results in enumerate(all_results):
-        names = list(results["quality"])
-        stats = [mean_and_spread([run["val_loss"] for run in results["quality"][name]]) for name in names]
-        positions = [i + index * width for i in range(len(names))]
+        present = [name for name in names if name in results["quality"]]
+        stats = [mean_and_spread([run["val_loss"] for run in results["quality"][name]]) for name in present]
+        positions = [names.index(name) + index * width for name in present]
         quality_axis.barh(positions, [m for m, _ in stats], height=width, xerr=[s for _, s in stats],
                           label=f"{results['world']} ranks")
-    quality_axis.set_yticks([i + width / 2 for i in range(len(names))], names)
+    quality_axis.set_yticks([i + width * (len(all_results) - 1) / 2 for i in range(len(names))], names)
     quality_axis.set_xlabel("digits-vit val loss (mean ± sd over seeds; lower is better)")
     quality_axis.invert_yaxis()
-    quality_axis.legend()
+    quality_axis.legend(loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -299,6 +300,7 @@ def main() -> None:
     print(report)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "distributed.md").write_text(report + "\n")
+    (args.output_dir / "distributed.json").write_text(json.dumps(all_results, indent=1) + "\n")
     plot(all_results, args.output_dir / "distributed.png")
 
 
