@@ -1,4 +1,4 @@
-"""Worker for tests/test_vote_distributed.py: SignVoteLion under torchrun (gloo, CPU), 2 or 4 ranks.
+"""Worker for tests/vote/test_distributed.py: SignVoteLion under torchrun (gloo, CPU), 2 or 4 ranks.
 
     torchrun --nproc-per-node=W vote_ddp.py REPORT.json CHECKPOINT_DIR [OTHER_WORLD_DIR]
 

@@ -1,4 +1,4 @@
-"""Worker for tests/test_vote_distributed.py: the sign-vote mode from Hugging Face's Trainer
+"""Worker for tests/vote/test_distributed.py: the sign-vote mode from Hugging Face's Trainer
 (``optim="lion_vote"``), Lightning (``DDPStrategy(ddp_comm_hook=keep_local_gradients)``) and
 Accelerate (``skip_gradient_allreduce(model)`` after ``prepare``), 2 CPU processes on gloo.
 

@@ -16,8 +16,8 @@ import torch.distributed as dist
 from torch import nn
 
 from lion_integrations.vote import SignVoteLion, save_rank_state
+from tests.helpers import WORKERS
 
-WORKERS = Path(__file__).resolve().parent / "workers"
 # The all-gather that SignVoteLion issues (all_gather_single from torch 2.13 on).
 ALL_GATHER = "all_gather_single" if hasattr(dist, "all_gather_single") else "all_gather_into_tensor"
 pytestmark = pytest.mark.multiprocess
