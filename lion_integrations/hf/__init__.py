@@ -22,8 +22,18 @@ takes the optimizer's own keyword options (e.g. ``fused=false``, ``momentum_dtyp
 quantized variant's ``block_size``); unknown keys raise ValueError. Weight decay is
 ``weight_decay``, applied through Trainer's decay/no-decay parameter groups.
 
+Path: without ``fused`` in optim_args, ``optim="lion"`` takes the unfused path in a run too short to
+repay compiling the fused kernel (`run_length`: trainable parameters x ``max_steps`` below 2e9), and
+says at INFO that the first step compiles otherwise.
+
+Logs: the line saying which optimizer was built, with which betas, is INFO of ``lion_integrations.hf``,
+or of transformers' logging when only transformers' info logs are on (a stock script's ``--log_level
+info``; see `visibility`).
+
 Modules: `variants` (the names and their classes), `options` (TrainingArguments and optim_args ->
-optimizer kwargs), `registration` (OptimizerNames members and the Trainer routing).
+optimizer kwargs), `registration` (OptimizerNames members and the Trainer routing), `run_length`
+(the fused path for the run's length), `launch` (processes that do not form one Trainer world),
+`visibility` (where the INFO lines go).
 """
 
 import importlib

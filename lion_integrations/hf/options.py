@@ -14,13 +14,17 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from transformers.training_args import TrainingArguments
 
 from ..adapters import accepts_betas
 from ..checks import check_bool, check_real
 from ..deepspeed import check_trainer_args
 from ..optimizer import DEFAULT_BETAS
+from .launch import warn_if_ranks_train_alone
+from .run_length import choose_fused
 from .variants import VARIANTS, optimizer_class
+from .visibility import info_logger
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +99,11 @@ def option_value(optim: str, key: str, text: str, parameter: inspect.Parameter) 
     return parse_value(text)
 
 
-def lion_cls_and_kwargs(name: str, args: TrainingArguments, optim_args: dict[str, str]) -> tuple[type, dict[str, Any]]:
-    """The optimizer class and constructor kwargs for optim `name` under `args`; logs the betas used."""
+def lion_cls_and_kwargs(
+    name: str, args: TrainingArguments, optim_args: dict[str, str], model: torch.nn.Module | None = None
+) -> tuple[type, dict[str, Any]]:
+    """The optimizer class and constructor kwargs for optim `name` under `args`, for `model` (whose
+    size, with ``args.max_steps``, picks the fused path: see `run_length`); logs the betas used."""
     cls = optimizer_class(name)
     if cls is None:
         raise ValueError(f"optim={name!r} needs lion_integrations.{VARIANTS[name][1]}, which this version lacks")
@@ -121,6 +128,8 @@ def lion_cls_and_kwargs(name: str, args: TrainingArguments, optim_args: dict[str
     missing = [key for key, parameter in accepted.items() if parameter.default is parameter.empty and key not in options]
     if missing:
         raise ValueError(f"optim={name!r} ({cls.__name__}) needs optim_args {', '.join(f'{key}=...' for key in missing)}")
+    warn_if_ranks_train_alone(args)
+    options = choose_fused(name, args.max_steps, model, options)
     kwargs = {"lr": args.learning_rate, "weight_decay": args.weight_decay, **options}
     explicit_betas = any(key in optim_args for key in BETA_KEYS)
     if accepts_betas(cls):
@@ -139,7 +148,7 @@ def _adam_beta_defaults() -> tuple[float, float]:
 def _log_choice(name: str, cls: type, args: TrainingArguments, betas: list[float], explicit_betas: bool) -> None:
     adam_betas = (args.adam_beta1, args.adam_beta2)
     source = "optim_args" if explicit_betas else "Lion's default; set with --optim_args beta1=...,beta2=..."
-    logger.info(
+    info_logger(logger).info(
         "optim=%s: %s with betas=(%g, %g) (%s), lr=%g, weight_decay=%g on decayed parameters; "
         "adam_beta1/adam_beta2 %s are Adam's and ignored for Lion",
         name, cls.__name__, betas[0], betas[1], source, args.learning_rate, args.weight_decay, adam_betas,

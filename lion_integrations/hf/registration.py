@@ -71,7 +71,7 @@ def _optim_name(optim: Any) -> str:
 
 def optimizer_handler(ctx) -> tuple[type, dict[str, Any]]:
     """transformers >= 5 handler: OptimizerContext -> (class, kwargs)."""
-    return lion_cls_and_kwargs(_optim_name(ctx.args.optim), ctx.args, parse_optim_args(ctx.args.optim_args))
+    return lion_cls_and_kwargs(_optim_name(ctx.args.optim), ctx.args, parse_optim_args(ctx.args.optim_args), ctx.model)
 
 
 # --- transformers < 5 (4.46-4.x): no handler table. Keep this small. -------------------------
@@ -85,7 +85,7 @@ def route_legacy_trainer(trainer_cls: type) -> None:
     def get_optimizer_cls_and_kwargs(args, model=None):
         name = _optim_name(args.optim)
         if name in VARIANTS:
-            return lion_cls_and_kwargs(name, args, parse_optim_args(args.optim_args))
+            return lion_cls_and_kwargs(name, args, parse_optim_args(args.optim_args), model)
         return original_function(args, model)
 
     get_optimizer_cls_and_kwargs._lion_integrations = True

@@ -1,0 +1,77 @@
+"""``optim="lion"`` without ``fused`` in optim_args: compile the fused kernel only when the run repays it.
+
+The fused path (`lion_integrations.fused`) compiles its kernel with torch.compile on the first step
+that has a tensor of at least `fused.MIN_FUSED_NUMEL` elements: about 11 s on a 2-core CPU with an
+empty Inductor cache, 2-3 s with a warm one, once per process. On that CPU each fused step then
+saves about 1.8 ns per parameter against the unfused path (8M fp32 parameters, 2 threads: 3.1 ms
+against 17.5 ms a step), so the compile is repaid after about 1.5e9 parameter-steps with a warm
+cache and 6e9 with a cold one. On CUDA the unfused path is the foreach one and saves less, so the
+compile is repaid later still.
+
+Rule (Trainer knows the run's length when ``max_steps`` is set): with ``optim="lion"``, no ``fused``
+key in optim_args, and ``max_steps > 0``, a run of fewer than `FUSED_MIN_PARAMETER_STEPS` = 2e9
+parameter-steps (trainable parameters x ``max_steps``) takes the unfused path (``fused=False``),
+which is said at INFO. Otherwise ``fused=None`` stands and the first step's compile is said once per
+process at INFO (with ``fused=True`` too) when a parameter is large enough to take it. Runs set by epochs (``max_steps`` <= 0) keep ``fused=None``:
+Trainer computes their length after it has built the optimizer. The quantized variants keep their
+fused path: their unfused path is a slow reference (about 80x the fused step's time on CPU) and
+their AVX-512 kernel is built once and cached on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from ..fused import MIN_FUSED_NUMEL
+from .visibility import info_logger
+
+logger = logging.getLogger(__name__)
+
+FUSED_MIN_PARAMETER_STEPS = 2_000_000_000
+COMPILE_NOTE = (
+    "the first optimizer step compiles the fused Lion kernel with torch.compile (about 10 s on a small "
+    "CPU, 2-3 s with a warm Inductor cache; once per process); optim_args fused=false skips it"
+)
+_compile_announced = False
+
+
+def trainable_parameters(model: torch.nn.Module | None) -> list[torch.Tensor]:
+    """The parameters of `model` that require a gradient (none without a model)."""
+    return [] if model is None else [param for param in model.parameters() if param.requires_grad]
+
+
+def fused_pays_off(parameters: int, steps: int) -> bool:
+    """Whether compiling the fused kernel is repaid in a run of `steps` optimizer steps over
+    `parameters` parameters: at least `FUSED_MIN_PARAMETER_STEPS` parameter-steps."""
+    return parameters * steps >= FUSED_MIN_PARAMETER_STEPS
+
+
+def announce_compile(name: str) -> None:
+    """Say once per process, at INFO, that the first step compiles."""
+    global _compile_announced
+    if not _compile_announced:
+        _compile_announced = True
+        info_logger(logger).info("optim=%s: %s", name, COMPILE_NOTE)
+
+
+def choose_fused(name: str, max_steps: int, model: torch.nn.Module | None, options: dict[str, Any]) -> dict[str, Any]:
+    """`options` (the optimizer's keyword options from optim_args) with the path of optim `name` chosen
+    by the module's rule: for "lion", ``fused=False`` added for a short run, else the compile announced
+    when a parameter is large enough to take the fused path. Other names are left as they are."""
+    params = trainable_parameters(model)
+    if name != "lion" or options.get("fused") is False:
+        return options
+    count = sum(p.numel() for p in params)
+    if "fused" not in options and max_steps > 0 and params and not fused_pays_off(count, max_steps):
+        info_logger(logger).info(
+            "optim=%s: unfused path (fused=False): %d steps x %d parameters = %.2g parameter-steps, fewer than "
+            "the %.0e that repay compiling the fused kernel; optim_args fused=true compiles it anyway",
+            name, max_steps, count, count * max_steps, FUSED_MIN_PARAMETER_STEPS,
+        )
+        return {**options, "fused": False}
+    if any(p.numel() >= MIN_FUSED_NUMEL for p in params):
+        announce_compile(name)
+    return options
