@@ -1,4 +1,4 @@
-# Two commands on a fresh machine: `make demo` and `make test`. Each builds .venv first.
+# Two commands on a fresh machine: `make demo` and `make test` (and `make gpu-check` on a GPU machine). Each builds .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -20,7 +20,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 setup: $(VENV)/.installed
 
 demo: setup
-	$(PY) recipes/hf_finetune.py
+	$(PY) recipes/demo.py
 
 test: setup
 	$(PY) -m pytest -ra
@@ -28,14 +28,16 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -ra -m "not slow"
 
-# On a machine with CUDA GPUs: Lightning's DeepSpeedStrategy and FSDPStrategy, which refuse the CPU.
-gpu-check: setup
-	$(PY) tests/gpu/lightning_strategies.py
+# With CUDA: the CUDA-marked tests, the speed benchmarks on the GPU, tests/gpu/*.py and, with 2+ GPUs,
+# a two-process Accelerate run, then one summary table (scripts/gpu_check.py). Without a GPU: says so, exits 0.
+gpu-check: $(VENV)/.bench-installed
+	$(PY) scripts/gpu_check.py
 
 # Quick mode (about 11 minutes on 2 cores); tables and plots go to outputs/.
 bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/step_speed.py --quick
 	$(PY) benchmarks/quant_speed.py --quick
+	$(PY) benchmarks/memory.py --quick
 	$(PY) benchmarks/convergence.py --quick
 	$(PY) benchmarks/batch_size.py --quick
 	$(PY) benchmarks/distributed.py --quick
@@ -44,6 +46,7 @@ bench: $(VENV)/.bench-installed
 bench-full: $(VENV)/.bench-installed
 	$(PY) benchmarks/step_speed.py
 	$(PY) benchmarks/quant_speed.py
+	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/convergence.py
 	$(PY) benchmarks/batch_size.py
 	$(PY) benchmarks/distributed.py

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +19,9 @@ import torch
 
 import lion_integrations
 from lion_integrations.hparams import from_adamw, param_groups
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for `recipes`
+from recipes.common import interleaved_seconds, state_bytes_per_param  # noqa: E402
 
 MIB = 2**20
 LION_BYTES_PER_PARAM = 5 * 4  # an fp32 Lion step reads p, g, m and writes p, m
@@ -34,56 +37,49 @@ def arguments(description: str, quick_help: str) -> argparse.ArgumentParser:
     return parser
 
 
-def interleaved_seconds(functions: dict[str, Callable[[], object]], rounds: int, warmup: int = 2) -> dict[str, float]:
-    """Fastest wall time of each function over `rounds` rounds that call every function once, in turn.
-
-    On a shared machine other jobs slow some calls down; interleaving spreads that over every
-    contender alike, and the minimum keeps the undisturbed time, so ratios of these are stable.
-    """
-    for function in functions.values():
-        for _ in range(warmup):
-            function()
-    best = {name: float("inf") for name in functions}
-    for _ in range(rounds):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """--device: where the parameters live ("cpu", the default, or "cuda"; on CUDA the fused paths are
+    torch.compile's Triton kernels)."""
+    parser.add_argument("--device", type=torch.device, default=torch.device("cpu"),
+                        help="cpu (default) or cuda: where parameters, gradients and state live")
 
 
-def inplace_add(numel: int) -> tuple[Callable[[], object], int]:
-    """(`a += b` over fp32 buffers of `numel` elements, the bytes it moves: reads a, b; writes a)."""
-    a, b = torch.randn(numel), torch.randn(numel)
+def synchronized(function: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """`function`, then a wait for the device to finish its queued work (CUDA runs kernels asynchronously)."""
+    if device.type != "cuda":
+        return function
+
+    def run() -> None:
+        function()
+        torch.cuda.synchronize(device)
+
+    return run
+
+
+def inplace_add(numel: int, device: torch.device = torch.device("cpu")) -> tuple[Callable[[], object], int]:
+    """(`a += b` over fp32 buffers of `numel` elements on `device`, the bytes it moves: reads a, b; writes a)."""
+    a, b = torch.randn(numel, device=device), torch.randn(numel, device=device)
     return (lambda: a.add_(b, alpha=1e-7)), 3 * 4 * numel
 
 
-def make_params(total: int, chunk: int = 1 << 20, dtype=torch.float32, seed: int = 0):
-    """Parameters of `chunk` elements each (1024x1024 matrices by default), about `total` in all, with grads."""
-    generator = torch.Generator().manual_seed(seed)
+def make_params(total: int, chunk: int = 1 << 20, dtype=torch.float32, seed: int = 0,
+                device: torch.device = torch.device("cpu")):
+    """Parameters of `chunk` elements each (1024x1024 matrices by default), about `total` in all, with
+    grads, on `device`."""
+    generator = torch.Generator(device=device).manual_seed(seed)
     side = int(chunk**0.5)
     params = []
     for _ in range(max(1, total // chunk)):
-        param = torch.nn.Parameter(torch.randn(side, chunk // side, generator=generator).to(dtype))
-        param.grad = torch.randn(param.shape, generator=generator).to(dtype)
+        param = torch.nn.Parameter(torch.randn(side, chunk // side, generator=generator, device=device).to(dtype))
+        param.grad = torch.randn(param.shape, generator=generator, device=device).to(dtype)
         params.append(param)
     return params
 
 
-def state_bytes_per_param(optimizer: torch.optim.Optimizer, params) -> float:
-    """Bytes of optimizer state (every tensor in `optimizer.state`, nested dicts too) per parameter."""
-    total = 0
-    for param in params:
-        for value in optimizer.state[param].values():
-            if isinstance(value, torch.Tensor):
-                total += value.numel() * value.element_size()
-            elif isinstance(value, dict):  # bitsandbytes nests its quantized state
-                total += sum(v.numel() * v.element_size() for v in value.values() if isinstance(v, torch.Tensor))
-    return total / sum(p.numel() for p in params)
-
-
-def measure_steps(contenders: list[tuple[str, Callable | str]], total: int, rounds: int) -> tuple[dict, float]:
-    """Time each contender's step on its own `make_params(total)`, in interleaved rounds with the bandwidth probe.
+def measure_steps(contenders: list[tuple[str, Callable | str]], total: int, rounds: int,
+                  device: torch.device = torch.device("cpu")) -> tuple[dict, float]:
+    """Time each contender's step on its own `make_params(total)` on `device`, in interleaved rounds
+    with the bandwidth probe (each call waits for the device: `synchronized`).
 
     `contenders`: (name, factory building an optimizer from parameters, or the reason there is none).
     Returns (results, floor): results maps each name, in the contenders' order, to (fastest step
@@ -96,14 +92,15 @@ def measure_steps(contenders: list[tuple[str, Callable | str]], total: int, roun
             results[name] = factory
             continue
         try:
-            params = make_params(total)
+            params = make_params(total, device=device)
             optimizer = factory(params)
             optimizer.step()
-            steps[name], states[name] = optimizer.step, state_bytes_per_param(optimizer, params)
+            steps[name] = synchronized(optimizer.step, device)
+            states[name] = state_bytes_per_param(optimizer, params)
         except Exception as error:
             results[name] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:80]}"
-    add, add_bytes = inplace_add(total)
-    timed = interleaved_seconds({FLOOR: add, **steps}, rounds)
+    add, add_bytes = inplace_add(total, device)
+    timed = interleaved_seconds({FLOOR: synchronized(add, device), **steps}, rounds)
     floor = LION_BYTES_PER_PARAM * total / (add_bytes / timed.pop(FLOOR))
     results.update({name: (seconds, states[name]) for name, seconds in timed.items()})
     return {name: results[name] for name, _ in contenders}, floor
@@ -182,11 +179,12 @@ def speed_and_memory_plot(path, title: str, rows: list[tuple[str, float | None, 
     save_figure(figure, path)
 
 
-def speed_report_head(title: str, params: int, floor_label: str, rounds: int) -> list[str]:
+def speed_report_head(title: str, params: int, floor_label: str, rounds: int,
+                      device: torch.device = torch.device("cpu")) -> list[str]:
     """A speed report's first lines: `title` with the size and the machine, then how the floor and the
     step times were measured."""
     return [
-        f"# {title}, {params / 1e6:.0f}M fp32 parameters ({machine_line()})",
+        f"# {title}, {params / 1e6:.0f}M fp32 parameters ({machine_line(device)})",
         "",
         f"{floor_label}: {LION_BYTES_PER_PARAM} bytes/param at the in-place bandwidth measured in this run; "
         f"fastest of {rounds} interleaved rounds each.",
@@ -214,13 +212,14 @@ def mean_and_spread(values: list[float]) -> tuple[float, float]:
     return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def machine_line() -> str:
-    """Where and with what a result was measured, for the reports' headers."""
+def machine_line(device: torch.device = torch.device("cpu")) -> str:
+    """Where and with what a result was measured, for the reports' headers (the GPU's name on CUDA)."""
     import datetime
     import os
     import platform
 
-    return (
+    line = (
         f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
+    return f"{line}, {torch.cuda.get_device_name(device)}" if device.type == "cuda" else line

@@ -1,6 +1,6 @@
 """Step speed and state size of Lion8bit/Lion4bit against fp32 Lion's memory floor and bitsandbytes.
 
-    python benchmarks/quant_speed.py [--quick] [--params 20000000]
+    python benchmarks/quant_speed.py [--quick] [--params 20000000] [--device cuda]
 
 Everything is measured in this run, on the same parameters (1024x1024 fp32 matrices with grads):
 
@@ -14,7 +14,8 @@ Everything is measured in this run, on the same parameters (1024x1024 fp32 matri
 
 Prints a markdown table of ratios (and writes it to outputs/quant_speed.md, with a bar plot in
 outputs/quant_speed.png): step / floor, step / fp32 Lion's step, bitsandbytes' step / ours (how many
-times faster), and state bytes/param.
+times faster), and state bytes/param. With --device cuda everything runs on the GPU: the fused
+quantized step is torch.compile's Triton kernel, and bitsandbytes runs its CUDA kernel.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    arguments, machine_line, measure_steps, ratio_table, speed_report_head, write_speed_report,
+    add_device_argument, arguments, machine_line, measure_steps, ratio_table, speed_report_head, write_speed_report,
 )
 
 from lion_integrations import Lion, Lion4bit, Lion8bit  # noqa: E402
@@ -52,16 +53,20 @@ def main() -> None:
     parser = arguments(__doc__, "fewer rounds")
     parser.add_argument("--params", type=int, default=20_000_000, help="parameters (default 20M)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    add_device_argument(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = 8 if args.quick else 20
 
-    results, floor = measure_steps(contenders(), args.params, repeats)
+    results, floor = measure_steps(contenders(), args.params, repeats, args.device)
     fp32 = results.get("Lion (fp32 state, fused)")
     bnb = results.get("bitsandbytes Lion8bit")
     reason = simd.unavailable_reason()
-    fused_quantized_note = "AVX-512 kernel" if reason is None else f"torch.compile ({reason})"
+    if args.device.type == "cuda":
+        fused_quantized_note = "torch.compile (Triton)"
+    else:
+        fused_quantized_note = "AVX-512 kernel" if reason is None else f"torch.compile ({reason})"
 
     def cells(seconds: float) -> list[str]:
         return [
@@ -73,11 +78,12 @@ def main() -> None:
     header = ["optimizer", "step / fp32 Lion floor", "step / fp32 Lion step", "bitsandbytes Lion8bit step / step",
               "state bytes/param", "note"]
     report = "\n".join([
-        *speed_report_head("Quantized-momentum step speed", args.params, "fp32 Lion floor", repeats),
+        *speed_report_head("Quantized-momentum step speed", args.params, "fp32 Lion floor", repeats, args.device),
         ratio_table(header, results, cells, lambda name: fused_quantized_note if "bit (fused)" in name else ""),
     ])
     write_speed_report(
-        args.output_dir, "quant_speed", report, f"Quantized-momentum Lion, {args.params / 1e6:.0f}M params ({machine_line()})",
+        args.output_dir, "quant_speed", report,
+        f"Quantized-momentum Lion, {args.params / 1e6:.0f}M params ({machine_line(args.device)})",
         results, floor, "step time / fp32 Lion memory floor (lower is faster)",
     )
 

@@ -1,6 +1,6 @@
 """Step speed of Lion's execution paths against the memory floor and against peer optimizers.
 
-    python benchmarks/step_speed.py [--quick] [--params 20000000]
+    python benchmarks/step_speed.py [--quick] [--params 20000000] [--device cuda]
 
 Prints a markdown table of ratios measured in this run: step time / memory floor, where the floor is
 the bytes an fp32 Lion step must move (read p, g, m; write p, m: 20 bytes a parameter) divided by
@@ -8,6 +8,8 @@ this machine's in-place bandwidth, and step time / the best peer's; and each opt
 per parameter. Writes the table to outputs/step_speed.md and a bar plot to outputs/step_speed.png. Every contender and the
 bandwidth probe run in interleaved rounds; each keeps its fastest time. Then the first-step compile time
 of the fused path, cold (empty Inductor cache) and warm (cache from the cold run), in seconds.
+With --device cuda everything runs on the GPU: the fused path is torch.compile's Triton kernel, the
+floor is the GPU's measured in-place bandwidth, and the peers run their CUDA paths.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    arguments, machine_line, measure_steps, ratio_table, speed_report_head, write_speed_report,
+    add_device_argument, arguments, machine_line, measure_steps, ratio_table, speed_report_head, write_speed_report,
 )
 
 from lion_integrations import Lion  # noqa: E402
@@ -53,23 +57,25 @@ def contenders() -> list[tuple[str, object]]:
 
 COMPILE_PROBE = textwrap.dedent(
     """
-    import time, torch
+    import sys, time, torch
     from lion_integrations import Lion
-    params = [torch.nn.Parameter(torch.randn(512, 512)) for _ in range(4)]
+    device = torch.device(sys.argv[1])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    params = [torch.nn.Parameter(torch.randn(512, 512, device=device)) for _ in range(4)]
     for p in params: p.grad = torch.randn_like(p)
     optimizer = Lion(params, fused=True)
-    start = time.perf_counter(); optimizer.step(); first = time.perf_counter() - start
-    start = time.perf_counter(); optimizer.step(); second = time.perf_counter() - start
+    start = time.perf_counter(); optimizer.step(); sync(); first = time.perf_counter() - start
+    start = time.perf_counter(); optimizer.step(); sync(); second = time.perf_counter() - start
     print(first - second)
     """
 )
 
 
-def measure_compile_seconds() -> tuple[float, float]:
+def measure_compile_seconds(device: torch.device) -> tuple[float, float]:
     """First-step overhead of the fused path in fresh processes: empty cache, then the same cache."""
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
-        run = lambda: float(subprocess.run([sys.executable, "-c", COMPILE_PROBE], env=env, check=True,
+        run = lambda: float(subprocess.run([sys.executable, "-c", COMPILE_PROBE, str(device)], env=env, check=True,
                                            capture_output=True, text=True).stdout.split()[-1])
         return run(), run()
 
@@ -77,10 +83,11 @@ def measure_compile_seconds() -> tuple[float, float]:
 def main() -> None:
     parser = arguments(__doc__, "fewer rounds")
     parser.add_argument("--params", type=int, default=20_000_000, help="parameters in the model (default 20M)")
+    add_device_argument(parser)
     args = parser.parse_args()
     repeats = 8 if args.quick else 20
 
-    steps, floor = measure_steps(contenders(), args.params, repeats)
+    steps, floor = measure_steps(contenders(), args.params, repeats, args.device)
     timed = {name: result[0] for name, result in steps.items() if isinstance(result, tuple)}
     lion_peers = [s for name, s in timed.items() if not name.startswith("lion_integrations") and "AdamW" not in name]
     best_peer = min(lion_peers) if lion_peers else None
@@ -93,19 +100,20 @@ def main() -> None:
             f"{seconds / min(all_peers):.2f}x" if all_peers else "-",
         ]
 
-    cold, warm = measure_compile_seconds()
+    cold, warm = measure_compile_seconds(args.device)
     fused = timed.get("lion_integrations fused")
     header = ["optimizer", "step / memory floor", "step / best Lion peer", "step / best peer incl. AdamW",
               "state bytes/param", "note"]
     report = "\n".join([
-        *speed_report_head("Optimizer step speed", args.params, "Memory floor", repeats),
+        *speed_report_head("Optimizer step speed", args.params, "Memory floor", repeats, args.device),
         ratio_table(header, steps, cells),
         "",
         f"Fused first-step compile: {cold:.1f} s cold, {warm:.1f} s with the on-disk cache"
         + (f" (= {cold / fused:.0f} and {warm / fused:.0f} fused steps)" if fused else "") + ".",
     ])
     write_speed_report(
-        args.output_dir, "step_speed", report, f"Optimizer step, {args.params / 1e6:.0f}M fp32 params ({machine_line()})",
+        args.output_dir, "step_speed", report,
+        f"Optimizer step, {args.params / 1e6:.0f}M fp32 params ({machine_line(args.device)})",
         steps, floor, "step time / memory floor (lower is faster)",
     )
 

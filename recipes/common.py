@@ -4,12 +4,15 @@ it does not use itself (the Lightning recipe runs without transformers)."""
 from __future__ import annotations
 
 import logging
+import math
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from lion_integrations import Lion
+from lion_integrations.fused import MIN_FUSED_NUMEL
 
 
 def show_lion_logs() -> None:
@@ -29,12 +32,46 @@ def require_datasets():
 
 
 def warm_up_lion(device: torch.device) -> None:
-    """One Lion step on scratch tensors shaped like a model's (1-D and 2-D, requires_grad), so the
-    fused path's one-time torch.compile is not timed as training."""
-    scratch = [torch.zeros(8, device=device, requires_grad=True), torch.zeros(4, 8, device=device, requires_grad=True)]
+    """One Lion step on scratch tensors shaped like a model's (1-D and 2-D, requires_grad, each large
+    enough to take the fused path), so the fused path's one-time torch.compile is not timed as training."""
+    side = math.isqrt(MIN_FUSED_NUMEL)
+    scratch = [torch.zeros(MIN_FUSED_NUMEL, device=device, requires_grad=True),
+               torch.zeros(side, side, device=device, requires_grad=True)]
     for tensor in scratch:
         tensor.grad = torch.ones_like(tensor)
     Lion(scratch).step()
+
+
+def interleaved_seconds(functions: dict[str, Callable[[], object]], rounds: int, warmup: int = 2,
+                        clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Fastest time of each function over `rounds` rounds that call every function once, in turn, by
+    `clock` (wall time by default; `time.process_time` counts CPU time, for work on one thread).
+
+    On a shared machine other jobs slow some calls down; interleaving spreads that over every
+    contender alike, and the minimum keeps the undisturbed time, so ratios of these are stable.
+    """
+    for function in functions.values():
+        for _ in range(warmup):
+            function()
+    best = {name: float("inf") for name in functions}
+    for _ in range(rounds):
+        for name, function in functions.items():
+            start = clock()
+            function()
+            best[name] = min(best[name], clock() - start)
+    return best
+
+
+def state_bytes_per_param(optimizer: torch.optim.Optimizer, params) -> float:
+    """Bytes of optimizer state (every tensor in `optimizer.state`, nested dicts too) per parameter."""
+    total = 0
+    for param in params:
+        for value in optimizer.state[param].values():
+            if isinstance(value, torch.Tensor):
+                total += value.numel() * value.element_size()
+            elif isinstance(value, dict):  # bitsandbytes nests its quantized state
+                total += sum(v.numel() * v.element_size() for v in value.values() if isinstance(v, torch.Tensor))
+    return total / sum(p.numel() for p in params)
 
 
 @dataclass(frozen=True)

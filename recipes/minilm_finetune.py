@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 from lion_integrations.hparams import DEFAULT_RATIO  # noqa: E402
 from recipes.common import Column, format_table, require_datasets, show_lion_logs  # noqa: E402
 from recipes.trainer_runs import (  # noqa: E402
-    RUN_COLUMNS, RUN_DEFAULTS, TIME_COLUMN, optim_name, parse_arguments, run_args, train_one, warm_up_fused_lion,
+    RUN_COLUMNS, RUN_DEFAULTS, TIME_COLUMN, optim_name, parse_arguments, run_args, train_one,
 )
 from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
@@ -415,7 +415,6 @@ def train_all(args: TrainingArguments, recipe: RecipeArguments, model_path: str,
     """One row per optimizer (`trainer_runs.train_one`), each from the same pretrained weights, head
     initialization and batch order."""
     optims = optim_names(args, recipe)
-    warm_up_fused_lion(args, optims)
     rows = []
     for optim in optims:
         run = run_args(args, optim, recipe.lion_ratio)

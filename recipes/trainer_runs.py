@@ -14,6 +14,8 @@ import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 from lion_integrations.hf import parse_optim_args  # importing registers optim="lion" for the parser
+from lion_integrations.hf.options import parse_value
+from lion_integrations.hf.run_length import will_compile
 from lion_integrations.hparams import from_adamw
 from recipes.common import Column, warm_up_lion
 
@@ -64,9 +66,11 @@ def run_args(args: TrainingArguments, optim: str, lion_ratio: float) -> Training
     )
 
 
-def warm_up_fused_lion(args: TrainingArguments, optims: list[str]) -> None:
-    """`warm_up_lion` when one of `optims` is "lion" and `--optim_args` leave its fused path on."""
-    if "lion" in optims and parse_optim_args(args.optim_args).get("fused", "").lower() != "false":
+def warm_up_fused_lion(args: TrainingArguments, model) -> None:
+    """`warm_up_lion` when the optimizer `args` build for `model` compiles the fused kernel on its
+    first step (`lion_integrations.hf.run_length.will_compile`), so that compiling is not timed."""
+    options = {key: parse_value(value) for key, value in parse_optim_args(args.optim_args).items()}
+    if will_compile(optim_name(args), args.max_steps, model, options):
         warm_up_lion(args.device)
 
 
@@ -75,8 +79,9 @@ def train_one(args: TrainingArguments, model, metric_names: tuple[str, ...] = ("
 
     The row: optim; class and optimizer_cls of the optimizer the Trainer built; lr and weight_decay;
     train_loss (the last logged, else the run's mean); the evaluation's `metric_names`; steps; and
-    seconds (train_runtime, so not the warm-up or the evaluation).
+    seconds (train_runtime, so not the evaluation, nor the fused kernel's compile: `warm_up_fused_lion`).
     """
+    warm_up_fused_lion(args, model)
     trainer = Trainer(model=model, args=args, **trainer_options)
     output = trainer.train()
     logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

@@ -57,21 +57,37 @@ def announce_compile(name: str) -> None:
         info_logger(logger).info("optim=%s: %s", name, COMPILE_NOTE)
 
 
+def short_run(name: str, max_steps: int, params: list[torch.Tensor], options: dict[str, Any]) -> bool:
+    """Whether the rule turns the fused path off: "lion" without ``fused`` in `options`, a known
+    ``max_steps``, and fewer parameter-steps than repay the compile."""
+    count = sum(param.numel() for param in params)
+    return name == "lion" and "fused" not in options and max_steps > 0 and count > 0 and not fused_pays_off(count, max_steps)
+
+
+def will_compile(name: str, max_steps: int, model: torch.nn.Module | None, options: dict[str, Any]) -> bool:
+    """Whether optim `name` with `options` compiles the fused Lion kernel on its first step for
+    `model`: "lion", not ``fused=false`` (given, or chosen by the rule), and a parameter of at least
+    `fused.MIN_FUSED_NUMEL` elements."""
+    params = trainable_parameters(model)
+    return (
+        name == "lion" and options.get("fused") is not False and not short_run(name, max_steps, params, options)
+        and any(param.numel() >= MIN_FUSED_NUMEL for param in params)
+    )
+
+
 def choose_fused(name: str, max_steps: int, model: torch.nn.Module | None, options: dict[str, Any]) -> dict[str, Any]:
     """`options` (the optimizer's keyword options from optim_args) with the path of optim `name` chosen
-    by the module's rule: for "lion", ``fused=False`` added for a short run, else the compile announced
-    when a parameter is large enough to take the fused path. Other names are left as they are."""
+    by the module's rule: for "lion", ``fused=False`` added for a short run, said at INFO; otherwise
+    the compile announced when there will be one. Other names are left as they are."""
     params = trainable_parameters(model)
-    if name != "lion" or options.get("fused") is False:
-        return options
-    count = sum(p.numel() for p in params)
-    if "fused" not in options and max_steps > 0 and params and not fused_pays_off(count, max_steps):
+    if short_run(name, max_steps, params, options):
+        count = sum(param.numel() for param in params)
         info_logger(logger).info(
             "optim=%s: unfused path (fused=False): %d steps x %d parameters = %.2g parameter-steps, fewer than "
             "the %.0e that repay compiling the fused kernel; optim_args fused=true compiles it anyway",
             name, max_steps, count, count * max_steps, FUSED_MIN_PARAMETER_STEPS,
         )
         return {**options, "fused": False}
-    if any(p.numel() >= MIN_FUSED_NUMEL for p in params):
+    if will_compile(name, max_steps, model, options):
         announce_compile(name)
     return options
