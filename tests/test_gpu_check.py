@@ -6,12 +6,12 @@ import os
 import runpy
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO
+
 SCRIPT = REPO / "scripts" / "gpu_check.py"
 
 

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from recipes.peak_memory import PeakMemory, peak_within, running_peak  # noqa: E402
+from recipes.peak_memory import PeakMemory, peak_within, running_peak
 
 MB = 10**6
 

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,8 +18,8 @@ import lion_integrations.hf as hf  # noqa: E402
 from lion_integrations.hf import launch, run_length  # noqa: E402
 from transformers import TrainingArguments  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
+from tests.helpers import REPO  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 CHOICE = "optim=lion: Lion with betas=(0.9, 0.99)"
 
 

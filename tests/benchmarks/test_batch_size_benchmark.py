@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.helpers import REPO
+
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 import batch_size  # noqa: E402
 
 SETTINGS = batch_size.Settings(batch_sizes=(64, 256), seeds=(0, 1, 2), epochs=1, samples=100, grid_points=3, grid_factor=3.0)

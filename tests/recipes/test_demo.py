@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 import runpy
-from pathlib import Path
 
 import pytest
 
-pytest.importorskip("transformers")
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
+pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")

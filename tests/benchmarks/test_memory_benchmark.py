@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
-import torch
+
+from tests.helpers import REPO
 
 pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 import memory  # noqa: E402
 
 
