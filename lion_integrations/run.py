@@ -3,7 +3,11 @@
     python -m lion_integrations.run SCRIPT.py [script args...]      e.g. --optim lion
     python -m lion_integrations.run -m PACKAGE.MODULE [args...]
     torchrun --nproc-per-node 2 -m lion_integrations.run SCRIPT.py --optim lion ...
-    accelerate launch -m lion_integrations.run SCRIPT.py --optim lion ...
+    accelerate launch --multi_gpu --num_processes 2 -m lion_integrations.run SCRIPT.py --optim lion ...
+
+On a machine without GPUs, a Trainer script runs data-parallel only with --use_cpu (or
+ACCELERATE_USE_CPU=1); without it each process trains alone. `accelerate launch --cpu` starts one
+process whatever --num_processes says (unless given an mpirun hostfile).
 
 Registers ``optim="lion"`` (see `lion_integrations.hf`), then runs the script as ``__main__`` with
 ``sys.argv`` and ``sys.path[0]`` set as ``python SCRIPT.py`` would set them.

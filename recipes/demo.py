@@ -213,7 +213,7 @@ def build_task(args: argparse.Namespace) -> Task:
                 args.batch_size, args.steps, args.seed)
 
 
-def report(task: Task, rows: list[dict], parameters: int) -> None:
+def report(rows: list[dict], parameters: int) -> None:
     print()
     print(format_table(rows, COLUMNS))
     adamw = next(row for row in rows if row["name"] == "AdamW")
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for row in rows:
         row["step_ratio"] = times["step"][row["name"]] / times["step"]["AdamW"]
         row["optimizer_step_ratio"] = times["optimizer_step"][row["name"]] / times["optimizer_step"]["AdamW"]
-    report(task, rows, parameters)
+    report(rows, parameters)
     print(f"({time.perf_counter() - start:.0f} s, {time.process_time() - cpu_start:.0f} s of CPU)")
     return rows
 

@@ -13,7 +13,9 @@ On a machine with CUDA, in order (each in its own process, with a time limit):
    ``accelerate launch --multi_gpu``.
 
 Then one summary table: each check, passed / FAILED / skipped, its time and its key figures; the exit
-status is 1 when a check failed. It takes under 5 minutes on one GPU.
+status is 1 when a check failed. The checks share a budget of `BUDGET_SECONDS` (under 5 minutes):
+each step's time limit is its own or what is left of the budget, whichever is less, and a step with
+no time left is reported FAILED, not run.
 
 Without a GPU it says so and exits 0. When ``nvidia-smi`` sees GPUs but torch was built without CUDA
 (e.g. the CPU wheel), it says that and exits 2: the check cannot run as asked.
@@ -32,8 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# Time limits of the steps, in seconds; together they stay under 5 minutes on one GPU.
+# Time limits of the steps, in seconds, and of all of them together.
 LIMITS = {"tests": 120, "benchmark": 120, "gpu script": 120, "accelerate": 120}
+BUDGET_SECONDS = 285
+MIN_STEP_SECONDS = 15
 
 
 @dataclass
@@ -52,8 +56,21 @@ def gpus_listed_by_nvidia_smi() -> int:
     return sum(line.startswith("GPU ") for line in listed.stdout.splitlines()) if listed.returncode == 0 else 0
 
 
+class Budget:
+    """What is left of `BUDGET_SECONDS` since this was made."""
+
+    def __init__(self, seconds: float = BUDGET_SECONDS) -> None:
+        self.deadline = time.perf_counter() + seconds
+
+    def limit(self, step_limit: float) -> float:
+        return min(step_limit, self.deadline - time.perf_counter())
+
+
 def run_step(name: str, command: list[str], limit: float, env: dict | None = None) -> tuple[Check, str]:
-    """Run `command` from the repository root with this checkout first on PYTHONPATH; (its Check, its output)."""
+    """Run `command` from the repository root with this checkout first on PYTHONPATH, for at most
+    `limit` seconds (not at all below `MIN_STEP_SECONDS`); (its Check, its output)."""
+    if limit < MIN_STEP_SECONDS:
+        return Check(name, "FAILED", 0.0, "not run: the time budget is spent"), ""
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                 "PYTHONUNBUFFERED": "1", **(env or {})}
     print(f"--- {name}: {' '.join(command)}", flush=True)
@@ -101,12 +118,12 @@ def speed_figures(report: Path, row: str, columns: list[str]) -> str:
     return f"{row}: " + "; ".join(f"{column} {cells.get(column, '?')}" for column in columns)
 
 
-def run_checks(args, gpus: int) -> list[Check]:
+def run_checks(args, gpus: int, budget: Budget) -> list[Check]:
     python = sys.executable
     output_dir = args.output_dir.resolve()
     checks = []
 
-    check, output = run_step("CUDA-marked tests", [python, "-m", "pytest", "-m", "cuda", "-q", "tests"], LIMITS["tests"])
+    check, output = run_step("CUDA-marked tests", [python, "-m", "pytest", "-m", "cuda", "-q", "tests"], budget.limit(LIMITS["tests"]))
     summary = pytest_summary(output)
     if check.status == "passed" and "skipped" in summary and "passed" not in summary:
         check.status, check.detail = "FAILED", f"every CUDA test skipped: {summary}"
@@ -120,7 +137,7 @@ def run_checks(args, gpus: int) -> list[Check]:
     ):
         check, _ = run_step(f"{stem} benchmark (cuda)", [
             python, f"benchmarks/{stem}.py", "--quick", "--device", "cuda", "--params", str(args.params),
-            "--output-dir", str(output_dir)], LIMITS["benchmark"])
+            "--output-dir", str(output_dir)], budget.limit(LIMITS["benchmark"]))
         if check.status == "passed":
             check.detail = speed_figures(output_dir / f"{stem}.md", row, columns)
         checks.append(check)
@@ -130,7 +147,7 @@ def run_checks(args, gpus: int) -> list[Check]:
     if not scripts:
         checks.append(Check("tests/gpu scripts", "skipped", 0.0, "no tests/gpu/*.py in this checkout"))
     for script in scripts:
-        check, _ = run_step(f"tests/gpu/{script.name}", [python, str(script)], LIMITS["gpu script"])
+        check, _ = run_step(f"tests/gpu/{script.name}", [python, str(script)], budget.limit(LIMITS["gpu script"]))
         checks.append(check)
 
     if gpus < 2:
@@ -140,7 +157,7 @@ def run_checks(args, gpus: int) -> list[Check]:
             python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no", "recipes/accelerate_finetune.py",
             "--optimizer", "lion_q8", "--steps", "60", "--output_dir", str(output_dir / "accelerate_finetune"),
-            "--overwrite_output_dir"], LIMITS["accelerate"])
+            "--overwrite_output_dir"], budget.limit(LIMITS["accelerate"]))
         if check.status == "passed":
             check.detail = next((line.strip() for line in reversed(output.splitlines()) if line.strip()), "")[:100]
         checks.append(check)
@@ -174,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gpu-check: {gpus} GPU(s): {', '.join(torch.cuda.get_device_name(i) for i in range(gpus))}; "
           f"torch {torch.__version__}, CUDA {torch.version.cuda}", flush=True)
     start = time.perf_counter()
-    checks = run_checks(args, gpus)
+    checks = run_checks(args, gpus, Budget())
     print(f"\ngpu-check summary ({time.perf_counter() - start:.0f} s):")
     print(summary_table(checks))
     return 1 if any(check.status == "FAILED" for check in checks) else 0

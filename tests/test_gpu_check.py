@@ -41,8 +41,17 @@ def test_steps_pass_fail_and_time_out(gpu_check):
     assert passed.status == "passed" and "fine" in output
     failed, _ = run_step("bad", [sys.executable, "-c", "import sys; print('broken'); sys.exit(3)"], 60)
     assert failed.status == "FAILED" and failed.detail == "exit 3: broken"
-    late, _ = run_step("slow", [sys.executable, "-c", "import time; time.sleep(30)"], 1)
+    late, _ = run_step("slow", [sys.executable, "-c", "import time; time.sleep(60)"], gpu_check["MIN_STEP_SECONDS"])
     assert late.status == "FAILED" and "timed out" in late.detail
+    unrun, _ = run_step("no time", [sys.executable, "-c", "print('ran')"], gpu_check["MIN_STEP_SECONDS"] - 1)
+    assert unrun.status == "FAILED" and unrun.detail == "not run: the time budget is spent"
+
+
+def test_budget_caps_every_step(gpu_check):
+    budget = gpu_check["Budget"](100)
+    assert 99 < budget.limit(120) <= 100 and budget.limit(30) == 30
+    assert gpu_check["Budget"](-1).limit(120) < 0
+    assert gpu_check["BUDGET_SECONDS"] < 300
 
 
 def test_summary_figures_come_from_the_benchmark_tables(gpu_check, tmp_path):
