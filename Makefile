@@ -33,7 +33,7 @@ test-fast: setup
 gpu-check: $(VENV)/.bench-installed
 	$(PY) scripts/gpu_check.py
 
-# Quick mode (about 11 minutes on 2 cores); tables and plots go to outputs/.
+# Quick mode (about 12 minutes on 2 cores); tables and plots go to outputs/
 bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/step_speed.py --quick
 	$(PY) benchmarks/quant_speed.py --quick
