@@ -1,8 +1,14 @@
 """The fused path: `lion_step_tensor_` compiled by `torch.compile` into one pass over memory.
 
 Inductor emits a C++/OpenMP loop on CPU and a Triton kernel on CUDA. Tensors are flattened to 1-D
-and compiled with dynamic shapes, and the step's scalars arrive as one fp32 tensor, so one graph
-serves every parameter and every learning rate without recompiling.
+and compiled with dynamic shapes, and the step's scalars arrive as one tensor of the compute dtype,
+so one graph serves every parameter and every learning rate without recompiling.
+
+Each combination of (parameter, gradient, momentum) dtypes gets its own copy of the step function
+(`function_copy`): Dynamo keeps its compiled graphs, and counts recompiles against its limit, per
+code object, so a model of many dtypes never exhausts one function's budget. Should a limit be
+reached anyway (Dynamo also caps the graphs of a whole process), the call runs eagerly with one
+warning instead of failing (`run_compiled`).
 
 Tensors below `MIN_FUSED_NUMEL` elements take the unfused path of their device (the per-tensor
 rule on CPU, foreach on CUDA): for them a compiled call's fixed cost (~20-40 us) is larger than the
@@ -12,17 +18,52 @@ memory traffic it saves.
 from __future__ import annotations
 
 import functools
+import types
+import warnings
 from typing import Callable
 
 import torch
 
-from .rule import LionCoefficients, lion_step_tensor_, lion_step_unfused_, uses_foreach
+from .rule import LionCoefficients, compute_dtype, lion_step_tensor_, lion_step_unfused_, uses_foreach
 
 FUSED_DEVICE_TYPES = ("cpu", "cuda")
 MIN_FUSED_NUMEL = 1 << 16
 # A parallel loop whatever size the first call had (Inductor otherwise sizes its OpenMP split by
 # the first call's shapes, and the warm-up probe is tiny).
 INDUCTOR_OPTIONS = {"cpp.dynamic_threads": True}
+
+
+# Keys of the compiled steps that `run_compiled` has warned about.
+_warned_limits: set[str] = set()
+
+
+def function_copy(function, suffix: str):
+    """`function` with a code object of its own (named after `suffix`), hence a Dynamo cache of its own."""
+    name = f"{function.__name__}_{suffix}"
+    code = function.__code__.replace(co_name=name, co_qualname=name)
+    return types.FunctionType(code, function.__globals__, name, function.__defaults__, function.__closure__)
+
+
+def dtype_key(*tensors: torch.Tensor) -> str:
+    """'float32_bfloat16_...': the dtypes of `tensors`, as a key and a readable suffix."""
+    return "_".join(str(tensor.dtype).removeprefix("torch.") for tensor in tensors)
+
+
+def run_compiled(kernel, eager, key: str, *args):
+    """`kernel(*args)`, or `eager(*args)` with one warning per `key` when Dynamo's recompile limit is hit."""
+    try:
+        return kernel(*args)
+    except torch._dynamo.exc.FailOnRecompileLimitHit as error:
+        if key not in _warned_limits:
+            _warned_limits.add(key)
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            warnings.warn(
+                f"lion_integrations: the compiled step for {key} reached torch.compile's recompile limit "
+                f"({first_line}); those tensors take the eager step, with the same rule",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return eager(*args)
 
 
 def _step_with_scalars_(param, grad, exp_avg, scalars) -> None:
@@ -34,15 +75,20 @@ def _cautious_step_with_scalars_(param, grad, exp_avg, scalars) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def compiled_step():
-    """The compiled kernel, built once per process (Inductor caches the code on disk across runs)."""
-    return torch.compile(_step_with_scalars_, fullgraph=True, dynamic=True, options=INDUCTOR_OPTIONS)
+def compiled_step(key: str = "float32_float32_float32"):
+    """The compiled kernel for the dtypes `key` (`dtype_key` of parameter, gradient, momentum), built
+    once per process and key (Inductor caches the code on disk across runs)."""
+    return torch.compile(
+        function_copy(_step_with_scalars_, key), fullgraph=True, dynamic=True, options=INDUCTOR_OPTIONS
+    )
 
 
 @functools.lru_cache(maxsize=None)
-def compiled_cautious_step():
-    """The compiled kernel of the cautious rule, built on first use."""
-    return torch.compile(_cautious_step_with_scalars_, fullgraph=True, dynamic=True, options=INDUCTOR_OPTIONS)
+def compiled_cautious_step(key: str = "float32_float32_float32"):
+    """The compiled kernel of the cautious rule for the dtypes `key`, built on first use."""
+    return torch.compile(
+        function_copy(_cautious_step_with_scalars_, key), fullgraph=True, dynamic=True, options=INDUCTOR_OPTIONS
+    )
 
 
 def flat_alias(tensor: torch.Tensor) -> torch.Tensor:
@@ -57,18 +103,24 @@ def fusable(param: torch.Tensor, exp_avg: torch.Tensor) -> bool:
 
 
 def fused_step_(params, grads, exp_avgs, coefficients: LionCoefficients, *, cautious: bool = False) -> None:
-    """Run the compiled kernel on each large parameter; raises whatever compiling raises. With
-    `cautious`, `coefficients.step_size` is the parameters' cautious step size (`rule.cautious_step_size`)."""
-    kernel, scalars = compiled_cautious_step() if cautious else compiled_step(), None
+    """Run the compiled kernel on each large parameter; raises whatever compiling raises (but a
+    recompile limit: see `run_compiled`). With `cautious`, `coefficients.step_size` is the
+    parameters' cautious step size (`rule.cautious_step_size`)."""
+    compiled, eager = (compiled_cautious_step, _cautious_step_with_scalars_) if cautious else (
+        compiled_step, _step_with_scalars_)
+    scalars: dict[torch.dtype, torch.Tensor] = {}
     rest = ([], [], [])
     for param, grad, exp_avg in zip(params, grads, exp_avgs):
         if not fusable(param, exp_avg):
             for bucket, tensor in zip(rest, (param, grad, exp_avg)):
                 bucket.append(tensor)
             continue
-        if scalars is None:
-            scalars = coefficients.as_tensor(param.device)
-        kernel(flat_alias(param), flat_alias(grad.contiguous()), flat_alias(exp_avg), scalars)
+        dtype = compute_dtype(param, exp_avg)
+        if dtype not in scalars:
+            scalars[dtype] = coefficients.as_tensor(param.device, dtype)
+        key = dtype_key(param, grad, exp_avg)
+        tensors = (flat_alias(param), flat_alias(grad.contiguous()), flat_alias(exp_avg), scalars[dtype])
+        run_compiled(compiled(key), eager, key, *tensors)
     if rest[0]:
         lion_step_unfused_(*rest, coefficients, foreach=uses_foreach(None, rest[0][0].device.type), cautious=cautious)
 

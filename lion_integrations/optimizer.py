@@ -12,14 +12,18 @@ import torch
 from torch.optim import Optimizer
 
 from .cautious import cautious_step_sizes
-from .checks import check_bool, check_real
+from .checks import check_bool, check_choice, check_real
 from .fused import fusable, fused_step_, fused_unavailable_reason
-from .rule import LionCoefficients, kept_count, lion_step_unfused_, uses_foreach
+from .rule import LionCoefficients, kept_count, lion_step_tensor_, lion_step_unfused_, uses_foreach
 from .sharding import DTensor, local_shard
-from .state import check_saved_groups, checked_exp_avg, decoded_entry, param_label
+from .state import check_momentum, check_saved_groups, check_state_keys, decoded_entry, param_label
 
 DEFAULT_LR = 1e-4
 DEFAULT_BETAS = (0.9, 0.99)
+NONFINITE_POLICIES = ("skip", "raise")
+# Group keys that checkpoints of earlier versions lack; loading one keeps the optimizer's own value.
+LATE_GROUP_KEYS = ("nonfinite",)
+COMPLEX_OF = {torch.float16: torch.complex32, torch.float32: torch.complex64, torch.float64: torch.complex128}
 # (kernel, device type) pairs whose fallback `fallback_path` has warned about.
 _warned_fallback: set[tuple[str, str]] = set()
 
@@ -34,6 +38,21 @@ def as_momentum_dtype(value: Any) -> torch.dtype | None:
     if not isinstance(value, (str, torch.dtype)):
         raise TypeError(f"Invalid momentum_dtype: {value!r} ({expected}, got {type(value).__name__})")
     raise ValueError(f"Invalid momentum_dtype: {value!r} ({expected})")
+
+
+def momentum_dtype_for(param: torch.Tensor, momentum_dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype of `param`'s momentum: `momentum_dtype` (its complex counterpart for a complex
+    parameter), or the parameter's own."""
+    if momentum_dtype is None:
+        return param.dtype
+    if not param.is_complex():
+        return momentum_dtype
+    if momentum_dtype not in COMPLEX_OF:
+        raise ValueError(
+            f"Invalid momentum_dtype: {momentum_dtype} for a complex parameter of shape {tuple(param.shape)} "
+            f"(no complex dtype has {momentum_dtype} parts; use one of {', '.join(map(str, COMPLEX_OF))})"
+        )
+    return COMPLEX_OF[momentum_dtype]
 
 
 def validate_hyperparameters(lr: Any, betas: Any, weight_decay: Any) -> None:
@@ -51,10 +70,67 @@ def validate_hyperparameters(lr: Any, betas: Any, weight_decay: Any) -> None:
 
 
 def validate_flags(group: dict[str, Any]) -> None:
-    """Raise TypeError for a flag of `group` that is not a bool (or None, for foreach and fused)."""
+    """Raise TypeError for a flag of `group` that is not a bool (or None, for foreach and fused),
+    ValueError for an unknown `nonfinite` policy."""
     for name, allow_none in (("maximize", False), ("foreach", True), ("fused", True), ("cautious", False)):
         if name in group:
             check_bool(group[name], name, allow_none=allow_none)
+    if "nonfinite" in group:
+        check_choice(group["nonfinite"], "nonfinite", NONFINITE_POLICIES)
+
+
+def as_real(tensor: torch.Tensor) -> torch.Tensor:
+    """A complex tensor as real pairs (`torch.view_as_real`, as torch's optimizers step them); others as they are."""
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+
+
+def param_description(group: dict[str, Any], group_index: int, index: int) -> str:
+    """"'fc.weight'" when the group carries torch's param_names, else 'param 3 of group 0 (shape (4, 5))'."""
+    names = group.get("param_names")
+    if names is not None and index < len(names):
+        return repr(names[index])
+    return f"param {index} of group {group_index} (shape {tuple(group['params'][index].shape)})"
+
+
+def finite_flags(grads: list[torch.Tensor]) -> list[bool]:
+    """Whether each gradient is free of NaN and inf, by one reduction over it that NaN and inf
+    propagate to (a sum on CPU, torch's fastest there; a 2-norm on other devices, one foreach kernel
+    per dtype), and one host synchronization per device.
+
+    Finite elements whose sum or squares overflow (beyond ~1e19 for the norm) read as non-finite
+    too: such a tensor then only takes the masked rule, which finds nothing to skip.
+    """
+    groups: dict[torch.device, dict[torch.dtype, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for index, grad in enumerate(grads):
+        groups[grad.device][grad.dtype].append(index)
+    result = [True] * len(grads)
+    for device, by_dtype in groups.items():
+        order = [index for indices in by_dtype.values() for index in indices]
+        finite = []
+        for dtype, indices in by_dtype.items():
+            wide = torch.float32 if dtype.itemsize < 4 else None  # fp16's range would overflow
+            tensors = [grads[i] for i in indices]
+            if device.type == "cpu":
+                reductions = [tensor.sum(dtype=wide) for tensor in tensors]
+            else:
+                reductions = torch._foreach_norm(tensors, 2, dtype=wide)
+            finite.append(torch.stack(reductions).isfinite())
+        for index, flag in zip(order, torch.cat(finite).tolist()):
+            result[index] = flag
+    return result
+
+
+def host_counts(counts: list) -> list[int]:
+    """`counts` (ints, or 0-dim tensors) as ints: one host read per device."""
+    counts = list(counts)
+    by_device: dict[torch.device, list[int]] = defaultdict(list)
+    for index, count in enumerate(counts):
+        if isinstance(count, torch.Tensor):
+            by_device[count.device].append(index)
+    for indices in by_device.values():
+        for index, value in zip(indices, torch.stack([counts[i] for i in indices]).tolist()):
+            counts[index] = value
+    return [int(count) for count in counts]
 
 
 def fallback_path(
@@ -104,6 +180,19 @@ class Lion(Optimizer):
         cautious: mask the update where sign(c) differs from sign(g) and divide lr by the kept
             fraction of the whole parameter (Liang et al. 2024; see `rule.py`). Each step then
             reads a parameter's gradient and momentum once more, to count what it keeps.
+        nonfinite: what a NaN or inf gradient element does. ``"skip"`` (default): that element is
+            not updated (its parameter and momentum keep their values), the others step as usual;
+            a RuntimeWarning names the parameters and ``nonfinite_steps`` counts such steps.
+            ``"raise"``: RuntimeError naming the parameters, before anything is changed.
+
+    The arithmetic is float32 on every path, float64 for float64 parameters or momentum. Complex
+    parameters are stepped as pairs of real numbers (`torch.view_as_real`), as torch's optimizers
+    do: the sign is taken of the real and imaginary parts separately.
+
+    Finding non-finite gradients costs one read of each full-precision parameter's gradient per
+    step (`finite_flags`), and on CUDA one host synchronization per step; quantized momentum finds
+    them inside its step, at no extra read. Inside a ``torch.compile``'d step the elements are
+    skipped all the same, but nothing is counted or reported.
     """
 
     def __init__(
@@ -118,8 +207,9 @@ class Lion(Optimizer):
         fused: bool | None = None,
         momentum_dtype: torch.dtype | str | None = None,
         cautious: bool = False,
+        nonfinite: str = "skip",
     ) -> None:
-        validate_flags(dict(maximize=maximize, foreach=foreach, fused=fused, cautious=cautious))
+        validate_flags(dict(maximize=maximize, foreach=foreach, fused=fused, cautious=cautious, nonfinite=nonfinite))
         if fused and foreach:
             raise ValueError("Invalid fused=True with foreach=True: choose one execution path")
         defaults = dict(
@@ -131,9 +221,12 @@ class Lion(Optimizer):
             fused=fused,
             momentum_dtype=as_momentum_dtype(momentum_dtype),
             cautious=cautious,
+            nonfinite=nonfinite,
         )
         validate_hyperparameters(lr, betas, weight_decay)
+        self.nonfinite_steps = 0  # steps in which some gradient element was NaN or inf (and skipped)
         super().__init__(params, defaults)
+        self._register_load_hooks()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         for key in ("lr", "betas", "weight_decay"):
@@ -152,11 +245,14 @@ class Lion(Optimizer):
             group.setdefault("fused", None)
             group.setdefault("momentum_dtype", None)
             group.setdefault("cautious", False)
+            group.setdefault("nonfinite", "skip")
+        self.__dict__.setdefault("nonfinite_steps", 0)
+        self._register_load_hooks()
 
     def _init_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
         state = self.state[param]
         if not state:
-            dtype = group["momentum_dtype"] or param.dtype
+            dtype = momentum_dtype_for(param, group["momentum_dtype"])
             state["exp_avg"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
         return state
 
@@ -174,15 +270,28 @@ class Lion(Optimizer):
             grad = grad.redistribute(param.device_mesh, param.placements)
         return local_shard(grad)
 
-    def _params_to_step(self, group: dict[str, Any]) -> list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
-        """(param, its gradient on this rank's shard, its state) for each param of `group` that has a
-        gradient, creating the state on first use."""
+    def _params_to_step(self, group: dict[str, Any]) -> list[tuple[int, torch.Tensor, torch.Tensor, dict[str, Any]]]:
+        """(index in the group, param, its gradient on this rank's shard, its state) for each param of
+        `group` that has a gradient, creating the state on first use."""
         items = []
-        for param in group["params"]:
+        for index, param in enumerate(group["params"]):
             grad = self._local_grad(param, group)
             if grad is not None:
-                items.append((param, grad, self._init_state(param, group)))
+                items.append((index, param, grad, self._init_state(param, group)))
         return items
+
+    @staticmethod
+    def _full_precision_batch(items):
+        """(indices, params, grads, exp_avgs, sources) of the `items` (`_params_to_step`) that have a
+        full-precision ``exp_avg`` (others keep momentum in a codec, see `_step_codec_states`): local
+        shards (complex ones as real pairs) of the parameters `sources`."""
+        batch = ([], [], [], [], [])
+        for index, param, grad, state in items:
+            if "exp_avg" in state:
+                shard, exp_avg = local_shard(param), local_shard(state["exp_avg"])
+                for values, value in zip(batch, (index, as_real(shard), as_real(grad), as_real(exp_avg), param)):
+                    values.append(value)
+        return batch
 
     def execution_path(self, group: dict[str, Any], device: torch.device, *, any_fusable: bool = True) -> str:
         """The path ('fused', 'foreach' or 'for-loop') a step of `group` takes on `device`.
@@ -202,45 +311,93 @@ class Lion(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
-        """Perform one optimization step; `closure` re-evaluates the model and returns the loss."""
+        """Perform one optimization step; `closure` re-evaluates the model and returns the loss.
+
+        Non-finite gradient elements follow each group's ``nonfinite`` policy (see the class docstring).
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
 
-        for group in self.param_groups:
-            self._step_group(group)
+        items = [self._params_to_step(group) for group in self.param_groups]
+        batches = [self._full_precision_batch(group_items) for group_items in items]
+        if torch.compiler.is_compiling() and all(group["nonfinite"] == "skip" for group in self.param_groups):
+            # Traced into the caller's graph, which a host read would break: the rule itself masks
+            # every element; counting and warning need an eager step.
+            for group_index, (group, batch) in enumerate(zip(self.param_groups, batches)):
+                self._step_full_precision(group, group_index, batch, None)
+                self._step_codec_states(group, group_index, items[group_index])
+            return loss
+
+        self._raise_on_nonfinite()
+        skipped: list[tuple[str, Any, int]] = []  # (parameter, skipped elements, elements)
+        for group_index, group in enumerate(self.param_groups):
+            skipped += self._step_codec_states(group, group_index, items[group_index])
+        screened = [group["nonfinite"] == "skip" for group in self.param_groups]  # "raise": checked above
+        flags = finite_flags([grad for screen, batch in zip(screened, batches) if screen for grad in batch[2]])
+        for group_index, (group, batch, screen) in enumerate(zip(self.param_groups, batches, screened)):
+            count = len(batch[0])
+            finite, flags = (flags[:count], flags[count:]) if screen else ([True] * count, flags)
+            skipped += self._step_full_precision(group, group_index, batch, finite)
+        self._report_nonfinite(skipped)
         return loss
 
-    def _step_group(self, group: dict[str, Any]) -> None:
-        """One step of the params of `group` that have a gradient, each with its full-precision ``exp_avg``."""
-        params, grads, exp_avgs, sources = [], [], [], []
-        for param, grad, state in self._params_to_step(group):
-            params.append(local_shard(param))
-            grads.append(grad)
-            exp_avgs.append(local_shard(state["exp_avg"]))
-            sources.append(param)
-        self._step_full_precision(group, params, grads, exp_avgs, sources)
+    def _raise_on_nonfinite(self) -> None:
+        """For groups with ``nonfinite="raise"``: RuntimeError naming every parameter whose gradient
+        holds NaN or inf, before any parameter changes."""
+        checked = []
+        for group_index, group in enumerate(self.param_groups):
+            if group["nonfinite"] != "raise":
+                continue
+            for index, param in enumerate(group["params"]):
+                grad = self._local_grad(param, group)
+                if grad is not None:
+                    checked.append((param_description(group, group_index, index), grad))
+        flags = finite_flags([grad for _, grad in checked])
+        bad = [name for (name, _), finite in zip(checked, flags) if not finite]
+        if bad:
+            raise RuntimeError(
+                f"{type(self).__name__}: non-finite gradient (NaN or inf) in {', '.join(bad)}; no parameter "
+                "was updated (nonfinite='raise')"
+            )
 
-    def _step_full_precision(self, group: dict[str, Any], params, grads, exp_avgs, sources) -> None:
-        """Step `params` (shards of the parameters `sources`) of `group` with their `grads` and
-        full-precision `exp_avgs`, bucketed by device and dtypes, each bucket on the path
-        `execution_path` picks."""
+    def _step_codec_states(self, group: dict[str, Any], group_index: int, items) -> list[tuple[str, Any, int]]:
+        """Step the `items` (`_params_to_step` of `group`) whose momentum a codec stores (none here; see
+        Lion8bit); returns, for each, (parameter, skipped non-finite gradient elements, elements)."""
+        return []
+
+    def _step_full_precision(self, group: dict[str, Any], group_index: int, batch, finite: list[bool] | None):
+        """Step the params of `batch` (`_full_precision_batch`): those whose gradient is finite
+        (`finite`) bucketed by device and dtypes, each bucket on the path `execution_path` picks;
+        the others (all of them when `finite` is None) with the masked rule. Returns the skipped, as
+        `_step_codec_states`."""
+        indices, params, grads, exp_avgs, sources = batch
         if not params:
-            return
+            return []
         coefficients = LionCoefficients.from_group(group["lr"], group["betas"], group["weight_decay"])
-        cautious, step_sizes = group["cautious"], None
+        cautious = group["cautious"]
+        step_sizes = [coefficients.step_size] * len(params)
         if cautious:
             counts = [kept_count(grad, exp_avg, coefficients.update_weight) for grad, exp_avg in zip(grads, exp_avgs)]
             step_sizes = cautious_step_sizes(sources, counts, coefficients.step_size)
+        skipped = []
         buckets = defaultdict(list)
-        for index, (param, grad, exp_avg) in enumerate(zip(params, grads, exp_avgs)):
-            buckets[(param.device, param.dtype, grad.dtype, exp_avg.dtype)].append(index)
-        for (device, *_), indices in buckets.items():
-            bucket = [[tensors[i] for i in indices] for tensors in (params, grads, exp_avgs)]
+        for position, (param, grad, exp_avg) in enumerate(zip(params, grads, exp_avgs)):
+            if finite is None or not finite[position]:
+                own = dataclasses.replace(coefficients, step_size=step_sizes[position])
+                mask = lion_step_tensor_(
+                    param, grad, exp_avg, *own.scalars(), cautious=cautious, skip_nonfinite=True
+                )
+                name = param_description(group, group_index, indices[position])
+                skipped.append((name, mask.numel() - mask.sum(), mask.numel()))
+                continue
+            buckets[(param.device, param.dtype, grad.dtype, exp_avg.dtype)].append(position)
+        for (device, *_), positions in buckets.items():
+            bucket = [[tensors[i] for i in positions] for tensors in (params, grads, exp_avgs)]
             any_fusable = any(fusable(param, exp_avg) for param, _, exp_avg in zip(*bucket))
             path = self.execution_path(group, device, any_fusable=any_fusable)
-            own = None if step_sizes is None else [step_sizes[i] for i in indices]
+            own = [step_sizes[i] for i in positions] if cautious else None
             if path == "fused" and own is None:
                 fused_step_(*bucket, coefficients)
             elif path == "fused":  # one compiled call per parameter, each with its step size
@@ -249,25 +406,79 @@ class Lion(Optimizer):
                                 cautious=True)
             else:
                 lion_step_unfused_(*bucket, coefficients, foreach=path == "foreach", cautious=cautious, step_sizes=own)
+        return skipped
+
+    def _report_nonfinite(self, skipped: list[tuple[str, Any, int]]) -> None:
+        """Count the step and warn, naming the parameters, if some gradient element was skipped."""
+        counts = host_counts([count for _, count, _ in skipped])
+        skipped = [(name, count, total) for (name, _, total), count in zip(skipped, counts) if count]
+        if not skipped:
+            return
+        self.nonfinite_steps += 1
+        shown = ", ".join(f"{name} ({count} of {total} elements)" for name, count, total in skipped[:5])
+        more = f" and {len(skipped) - 5} more parameters" if len(skipped) > 5 else ""
+        warnings.warn(
+            f"{type(self).__name__}: NaN or inf gradient elements in {shown}{more}; those elements were not "
+            f"updated this step (parameter and momentum unchanged). Steps with such gradients so far: "
+            f"{self.nonfinite_steps} (optimizer.nonfinite_steps); nonfinite='raise' makes them an error",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    # --- State dicts. --------------------------------------------------------------------------
+
+    def _register_load_hooks(self) -> None:
+        """Our state-dict check as a load pre-hook and its completion as a post-hook (once each)."""
+        if check_loaded_state_dict not in self._optimizer_load_state_dict_pre_hooks.values():
+            self.register_load_state_dict_pre_hook(check_loaded_state_dict)
+        if place_loaded_state not in self._optimizer_load_state_dict_post_hooks.values():
+            self.register_load_state_dict_post_hook(place_loaded_state, prepend=True)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict after checking it fits; on any error the optimizer is left unchanged."""
+        """Load a state dict after checking it fits; on any error the optimizer is left unchanged.
+
+        As torch's: registered pre-hooks run first (so one can adapt a foreign checkpoint), then
+        the check (our own pre-hook, moved last), the load, and the post-hooks (ours first).
+        """
+        self._register_load_hooks()
+        for hooks, ours, last in (
+            (self._optimizer_load_state_dict_pre_hooks, check_loaded_state_dict, True),
+            (self._optimizer_load_state_dict_post_hooks, place_loaded_state, False),
+        ):
+            for key, hook in list(hooks.items()):
+                if hook is ours:
+                    hooks.move_to_end(key, last=last)
+        super().load_state_dict(state_dict)
+
+    def _checked_state_dict(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """`state_dict` checked against this optimizer and converted to its storage; keeps in
+        `_loaded_extras` what `_place_loaded_state` puts in place after torch's load."""
+        self._loaded_extras = None
         saved_groups = check_saved_groups(state_dict, self.param_groups)
-        converted, kept = {}, {}
+        converted, kept, groups = {}, {}, []
         for group, saved in zip(self.param_groups, saved_groups):
             validate_hyperparameters(
                 saved.get("lr", group["lr"]), saved.get("betas", group["betas"]),
                 saved.get("weight_decay", group["weight_decay"]),
             )
+            saved = {**{key: group[key] for key in LATE_GROUP_KEYS if key in group}, **saved}
+            validate_flags(saved)
+            groups.append(saved)
+            named = saved if "param_names" in saved else group
             for index, (param, param_id) in enumerate(zip(group["params"], saved["params"])):
                 entry = state_dict["state"].get(param_id)
                 if entry is None:
                     continue
-                entry, keep = self._load_state_entry(param, entry, group, saved, param_label(param_id, saved, index))
+                entry, keep = self._load_state_entry(param, entry, group, saved, param_label(param_id, named, index))
                 converted[param_id] = {key: value for key, value in entry.items() if key not in keep}
                 kept[param] = keep
-        super().load_state_dict({**state_dict, "state": {**state_dict["state"], **converted}})
-        # torch casts floating state to the parameter's dtype; put back the tensors whose dtype must stay.
+        self._loaded_extras = kept
+        return {**state_dict, "param_groups": groups, "state": {**state_dict["state"], **converted}}
+
+    def _place_loaded_state(self) -> None:
+        """After torch's load: put back the state tensors whose dtype must stay (torch casts floating
+        state to the parameter's dtype)."""
+        kept, self._loaded_extras = getattr(self, "_loaded_extras", None) or {}, None
         for param, tensors in kept.items():
             for key, value in tensors.items():
                 self.state[param][key] = value.to(device=param.device)
@@ -277,9 +488,23 @@ class Lion(Optimizer):
         {key: tensor} to keep in its own dtype); ValueError naming the parameter (`label`) if it does not fit.
 
         Momentum saved in another form (quantized codes, bitsandbytes' states: the decoders registered
-        with `state.register_momentum_decoder`) is decoded to full precision first.
+        with `state.register_momentum_decoder`) is decoded to full precision first. State of another
+        optimizer (AdamW's exp_avg_sq and step, SGD's momentum_buffer...) and NaN or inf momentum are refused.
         """
         entry = decoded_entry(param, entry, saved_group, label)
-        exp_avg = checked_exp_avg(entry, param, label)
+        check_state_keys(type(self).__name__, label, entry, (("exp_avg",),))
+        exp_avg = check_momentum(entry["exp_avg"], param, label)
         momentum_dtype = as_momentum_dtype(saved_group.get("momentum_dtype"))
-        return entry, ({"exp_avg": exp_avg.to(dtype=momentum_dtype)} if momentum_dtype is not None else {})
+        if momentum_dtype is not None:
+            return entry, {"exp_avg": exp_avg.to(dtype=momentum_dtype_for(param, momentum_dtype))}
+        return entry, {}
+
+
+def check_loaded_state_dict(optimizer: Lion, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Load pre-hook of every `Lion`: `Lion._checked_state_dict`."""
+    return optimizer._checked_state_dict(state_dict)
+
+
+def place_loaded_state(optimizer: Lion) -> None:
+    """Load post-hook of every `Lion`: `Lion._place_loaded_state`."""
+    optimizer._place_loaded_state()

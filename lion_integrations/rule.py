@@ -20,6 +20,15 @@ the direction is 0 wherever sign(c) differs from sign(g) (``u*g > 0`` keeps it; 
 and the step size of a parameter is divided by the fraction of its elements kept,
 ``lr / max(kept / numel, CAUTIOUS_MIN_FRACTION)`` (`cautious_step_size`), so the update keeps its
 overall size. Weight decay is not masked.
+
+Non-finite gradients. `sign(NaN)` is 0, so the rule alone never writes NaN into a parameter, but
+it does into the momentum, which then freezes the parameter for good (and, quantized, its whole
+block). `lion_update_finite_` is the rule with the policy every path applies: an element whose
+gradient is NaN or +-inf is skipped (its parameter and momentum keep their values), the others
+take the ordinary step.
+
+Precision. The arithmetic runs in `compute_dtype`: float32 for 16- and 32-bit tensors, float64
+when the parameter or its momentum is float64 (as torch's optimizers compute in the parameter's dtype).
 """
 
 from __future__ import annotations
@@ -52,6 +61,8 @@ TENSOR_OPS = SimpleNamespace(
     sub_=torch.Tensor.sub_,
     neg=torch.neg,
     keep_agreeing_=_keep_agreeing_,
+    isfinite=torch.isfinite,
+    where=torch.where,
 )
 
 FOREACH_OPS = SimpleNamespace(
@@ -89,9 +100,10 @@ class LionCoefficients:
         """(step_size, update_weight, momentum_weight, decay): the trailing arguments of `lion_update_`."""
         return self.step_size, self.update_weight, self.momentum_weight, self.decay
 
-    def as_tensor(self, device: torch.device) -> torch.Tensor:
-        """The four scalars as one fp32 tensor, so compiled code takes new values without recompiling."""
-        return torch.tensor(self.scalars(), dtype=torch.float32, device=device)
+    def as_tensor(self, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The four scalars as one tensor of the compute dtype, so compiled code takes new values
+        without recompiling."""
+        return torch.tensor(self.scalars(), dtype=dtype, device=device)
 
 
 def lion_direction(ops, grad, exp_avg, update_weight, *, cautious: bool = False):
@@ -131,6 +143,29 @@ def lion_update_(ops, param, grad, exp_avg, step_size, update_weight, momentum_w
     lion_momentum_(ops, exp_avg, grad, momentum_weight)
 
 
+def lion_update_finite_(
+    ops, param, grad, exp_avg, step_size, update_weight, momentum_weight, decay, *, cautious=False
+):
+    """`lion_update_` on the elements whose gradient is finite; the others keep `param` and `exp_avg`.
+
+    The rule runs unchanged on inputs that make it the identity where the gradient is NaN or
+    +-inf: gradient := momentum (lerp(m, m, w) = m), step_size := 0, decay := 1. Returns the mask of
+    finite gradient elements.
+    """
+    finite = ops.isfinite(grad)
+    grad = ops.where(finite, grad, exp_avg)
+    step_size = ops.where(finite, step_size, 0.0)
+    if not (isinstance(decay, float) and decay == 1.0):
+        decay = ops.where(finite, decay, 1.0)
+    lion_update_(ops, param, grad, exp_avg, step_size, update_weight, momentum_weight, decay, cautious=cautious)
+    return finite
+
+
+def compute_dtype(param: torch.Tensor, exp_avg: torch.Tensor) -> torch.dtype:
+    """float64 when `param` or `exp_avg` is float64, else float32 (also for 16-bit storage)."""
+    return torch.float64 if torch.float64 in (param.dtype, exp_avg.dtype) else torch.float32
+
+
 def cautious_step_size(step_size, kept: int, total: int):
     """The step size of a cautious update that keeps `kept` of a parameter's `total` elements:
     step_size / max(kept / total, CAUTIOUS_MIN_FRACTION), the ratio taken in float64."""
@@ -138,40 +173,78 @@ def cautious_step_size(step_size, kept: int, total: int):
 
 
 def kept_count(grad: torch.Tensor, exp_avg: torch.Tensor, update_weight: float) -> int:
-    """How many elements the cautious mask keeps (`lion_direction(cautious=True)` nonzero), in fp32."""
-    direction = lion_direction(TENSOR_OPS, grad.float(), exp_avg.float(), update_weight, cautious=True)
+    """How many elements the cautious mask keeps (`lion_direction(cautious=True)` nonzero), in the
+    compute dtype."""
+    dtype = compute_dtype(grad, exp_avg)
+    direction = lion_direction(TENSOR_OPS, grad.to(dtype), exp_avg.to(dtype), update_weight, cautious=True)
     return int(torch.count_nonzero(direction))
 
 
-def lion_step_tensor_(param, grad, exp_avg, step_size, update_weight, momentum_weight, decay, *, cautious=False) -> None:
-    """`lion_update_` on one tensor, computed in fp32 and rounded once into low-precision storage."""
-    param32, exp_avg32 = param.float(), exp_avg.float()
-    lion_update_(
-        TENSOR_OPS, param32, grad.float(), exp_avg32, step_size, update_weight, momentum_weight, decay,
+def lion_step_tensor_(
+    param, grad, exp_avg, step_size, update_weight, momentum_weight, decay, *, cautious=False,
+    skip_nonfinite: bool = False,
+) -> torch.Tensor | None:
+    """`lion_update_` on one tensor, computed in `compute_dtype` and rounded once into the storage.
+
+    With `skip_nonfinite`, runs `lion_update_finite_` and returns its mask of finite gradient
+    elements; else returns None.
+    """
+    dtype = compute_dtype(param, exp_avg)
+    param_c, exp_avg_c = param.to(dtype), exp_avg.to(dtype)
+    rule = lion_update_
+    if skip_nonfinite:  # the masked scalars become tensors: give them the compute dtype, as a scalar operand has
+        step_size, decay = (torch.as_tensor(value, dtype=dtype, device=param.device) for value in (step_size, decay))
+        rule = lion_update_finite_
+    finite = rule(
+        TENSOR_OPS, param_c, grad.to(dtype), exp_avg_c, step_size, update_weight, momentum_weight, decay,
         cautious=cautious,
     )
-    if param32 is not param:
-        param.copy_(param32)
-    if exp_avg32 is not exp_avg:
-        exp_avg.copy_(exp_avg32)
+    if param_c is not param:
+        param.copy_(param_c)
+    if exp_avg_c is not exp_avg:
+        exp_avg.copy_(exp_avg_c)
+    return finite
+
+
+# The foreach path steps its lists in chunks of about this many elements (or the largest tensor's),
+# so that its temporaries (the update, and fp32 copies of 16-bit tensors) stay within one tensor's worth.
+FOREACH_CHUNK_NUMEL = 1 << 22
+
+
+def foreach_chunks(params: list[torch.Tensor]) -> list[slice]:
+    """Consecutive slices of `params` holding at most max(FOREACH_CHUNK_NUMEL, largest numel) elements."""
+    budget = max([FOREACH_CHUNK_NUMEL] + [p.numel() for p in params])
+    chunks, start, total = [], 0, 0
+    for index, param in enumerate(params):
+        if total + param.numel() > budget and index > start:
+            chunks.append(slice(start, index))
+            start, total = index, 0
+        total += param.numel()
+    if start < len(params):
+        chunks.append(slice(start, len(params)))
+    return chunks
 
 
 def lion_step_foreach_(params, grads, exp_avgs, step_size, update_weight, momentum_weight, decay, *, cautious=False) -> None:
-    """`lion_update_` on lists of tensors sharing device and dtypes, in fp32 like `lion_step_tensor_`;
-    `step_size` is one number, or a list of one per tensor (cautious step sizes)."""
+    """`lion_update_` on lists of tensors sharing device and dtypes, in `compute_dtype` like
+    `lion_step_tensor_`, a chunk (`foreach_chunks`) at a time; `step_size` is one number, or a list
+    of one per tensor (cautious step sizes)."""
     if not params:
         return
-    params32 = [p.float() for p in params]
-    exp_avgs32 = [m.float() for m in exp_avgs]
-    grads32 = [g.float() for g in grads]
-    lion_update_(
-        FOREACH_OPS, params32, grads32, exp_avgs32, step_size, update_weight, momentum_weight, decay,
-        cautious=cautious,
-    )
-    if params32[0] is not params[0]:
-        torch._foreach_copy_(params, params32)
-    if exp_avgs32[0] is not exp_avgs[0]:
-        torch._foreach_copy_(exp_avgs, exp_avgs32)
+    dtype = compute_dtype(params[0], exp_avgs[0])
+    for chunk in foreach_chunks(params):
+        params_c = [p.to(dtype) for p in params[chunk]]
+        exp_avgs_c = [m.to(dtype) for m in exp_avgs[chunk]]
+        grads_c = [g.to(dtype) for g in grads[chunk]]
+        chunk_step_size = step_size[chunk] if isinstance(step_size, list) else step_size
+        lion_update_(
+            FOREACH_OPS, params_c, grads_c, exp_avgs_c, chunk_step_size, update_weight, momentum_weight, decay,
+            cautious=cautious,
+        )
+        if params_c[0] is not params[chunk][0]:
+            torch._foreach_copy_(params[chunk], params_c)
+        if exp_avgs_c[0] is not exp_avgs[chunk][0]:
+            torch._foreach_copy_(exp_avgs[chunk], exp_avgs_c)
 
 
 def uses_foreach(foreach: bool | None, device_type: str) -> bool:

@@ -1,7 +1,8 @@
 """Checks of a saved optimizer state dict, shared by `Lion` and its quantized variants.
 
 A state dict fits an optimizer when it has as many param groups, each with as many params, and
-each saved entry holds momentum of its parameter's shape. Momentum stored in other forms (the
+each saved entry holds exactly this optimizer's state keys (not AdamW's exp_avg_sq and step, SGD's
+momentum_buffer...) with finite momentum of its parameter's shape. Momentum stored in other forms (the
 quantized codes of `lion_integrations.quantization`, bitsandbytes' states) reaches full precision
 through the decoders registered here, so every optimizer of the family loads every checkpoint of it.
 """
@@ -12,10 +13,14 @@ from typing import Any, Callable
 
 import torch
 
+from .sharding import local_shard
+
 __all__ = [
     "MomentumDecoder",
+    "FOREIGN_STATE_KEYS",
+    "check_momentum",
     "check_saved_groups",
-    "checked_exp_avg",
+    "check_state_keys",
     "decoded_entry",
     "param_label",
     "register_momentum_decoder",
@@ -26,6 +31,12 @@ __all__ = [
 # ValueError naming the parameter (`label`) when an entry of its form does not fit `param`.
 MomentumDecoder = Callable[[torch.Tensor, Any, dict[str, Any], str], Any]
 _decoders: list[MomentumDecoder] = []
+# State keys of other optimizers, and whose they are, for the message that refuses them.
+FOREIGN_STATE_KEYS = {
+    "exp_avg_sq": "Adam/AdamW", "max_exp_avg_sq": "Adam/AdamW (amsgrad)", "step": "Adam/AdamW",
+    "momentum_buffer": "SGD", "square_avg": "RMSprop", "sum": "Adagrad", "acc_delta": "Adadelta",
+    "mu_product": "NAdam",
+}
 
 
 def register_momentum_decoder(decoder: MomentumDecoder) -> None:
@@ -70,18 +81,45 @@ def check_saved_groups(state_dict: Any, param_groups: list[dict[str, Any]]) -> l
     return saved_groups
 
 
-def checked_exp_avg(
-    entry: Any, param: torch.Tensor, label: str, momentum_keys: tuple[str, ...] = ("exp_avg",)
-) -> torch.Tensor:
-    """The full-precision momentum ``exp_avg`` of the saved `entry` of `param`, which must have
-    `param`'s shape; ValueError naming the parameter (`label`) and the keys that could have held it."""
-    exp_avg = entry.get("exp_avg") if isinstance(entry, dict) else None
+def check_state_keys(owner: str, label: str, entry: Any, layouts: tuple[tuple[str, ...], ...]) -> None:
+    """ValueError naming what differs unless the saved state `entry` of a parameter (`label`) holds
+    exactly the keys of one of `layouts`: `owner`'s forms of state."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"Invalid state_dict: state of {label} is a {type(entry).__name__}, not a dict")
+    if any(set(entry) == set(keys) for keys in layouts):
+        return
+    closest = max(layouts, key=lambda keys: len(set(keys) & set(entry)))
+    foreign = sorted(set(entry) - {key for keys in layouts for key in keys}, key=str)
+    missing = [key for key in closest if key not in entry]
+    parts = []
+    if missing:
+        parts.append(f"has no momentum: it lacks {', '.join(map(repr, missing))}")
+    if foreign:
+        owners = sorted({FOREIGN_STATE_KEYS[key] for key in foreign if key in FOREIGN_STATE_KEYS})
+        likely = f" (it looks like {' or '.join(owners)} state)" if owners else ""
+        parts.append(f"holds {', '.join(map(repr, foreign))}, which {owner} does not keep{likely}")
+    kept = " or ".join(" and ".join(map(repr, keys)) for keys in layouts)
+    raise ValueError(
+        f"Invalid state_dict: state of {label} {'; it '.join(parts)}. {owner} keeps {kept} per parameter; to "
+        f"start {owner} from another optimizer's run, load the model weights only and leave the optimizer "
+        "state fresh"
+    )
+
+
+def check_momentum(exp_avg: Any, param: torch.Tensor, label: str) -> torch.Tensor:
+    """`exp_avg`, the saved full-precision momentum of `param`, which must be a finite floating (or
+    complex) tensor of `param`'s shape; ValueError naming the parameter (`label`)."""
     if not isinstance(exp_avg, torch.Tensor):
-        keys = " or ".join(map(repr, momentum_keys))
-        raise ValueError(f"Invalid state_dict: state of {label} has no momentum ({keys})")
+        raise ValueError(f"Invalid state_dict: 'exp_avg' of {label} is a {type(exp_avg).__name__}, not a tensor")
     if exp_avg.shape != param.shape:
         raise ValueError(
             f"Invalid state_dict: 'exp_avg' of {label} has shape {tuple(exp_avg.shape)}, "
             f"the parameter has shape {tuple(param.shape)}"
+        )
+    local = local_shard(exp_avg)
+    if not (local.is_floating_point() or local.is_complex()) or not bool(torch.isfinite(local).all()):
+        raise ValueError(
+            f"Invalid state_dict: 'exp_avg' of {label} holds NaN or inf values (or is not floating: "
+            f"{local.dtype}); such momentum would freeze the parameter"
         )
     return exp_avg

@@ -44,7 +44,7 @@ def test_fused_path_sends_small_tensors_to_the_unfused_rule(monkeypatch):
         kernel_sizes.append(param.numel())
         return real_kernel(param, grad, exp_avg, scalars)
 
-    monkeypatch.setattr(fused_module, "compiled_step", lambda: spy)
+    monkeypatch.setattr(fused_module, "compiled_step", lambda key: spy)
     small, large = nn.Parameter(torch.randn(10, 10)), nn.Parameter(torch.randn(40, 40))
     reference = [nn.Parameter(p.detach().clone()) for p in (small, large)]
     fused, eager = Lion([small, large], lr=0.1, fused=True), Lion(reference, lr=0.1, fused=False, foreach=False)

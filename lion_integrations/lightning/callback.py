@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from ..adapters import betas_kwargs, resolve_optimizer_class
 from ..hparams import DEFAULT_RATIO, from_adamw
-from ..optimizer import DEFAULT_BETAS, Lion, validate_hyperparameters
+from ..optimizer import DEFAULT_BETAS, LATE_GROUP_KEYS, Lion, validate_hyperparameters
 from .strategies import check_strategy
 from .rebinding import rebind_references, rebind_scheduler, scaled_group_lrs, track_steps
 
@@ -307,7 +307,7 @@ class LionCallback(Callback):
         states = self._checkpoint_states or []
         for index, (optimizer, state) in enumerate(zip(optimizers, states)):
             for group in state.get("param_groups", ()):
-                missing = sorted(set(optimizer.defaults) - set(group))
+                missing = sorted(set(optimizer.defaults) - set(group) - set(LATE_GROUP_KEYS))
                 if missing:
                     raise RuntimeError(
                         f"LionCallback: optimizer state {index} in the checkpoint was not saved by "

@@ -14,6 +14,10 @@ give up the per-block loop.
 On x86-64 CPUs with AVX-512, the fused path steps fp32 parameters with `simd`'s kernel instead:
 the same pass, with the rule generated from `rule.py` and the codec's tables, and the same results
 as the eager step, bit for bit (Inductor's lerp rounds differently, by an ulp at times).
+
+Every path runs `rule.lion_update_finite_`: a NaN or inf gradient element leaves its parameter and
+momentum as they were, so a block's absmax never becomes NaN; each path also counts those elements.
+The compiled step is one copy per dtype combination (see `lion_integrations.fused`).
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ import functools
 
 import torch
 
-from ..fused import INDUCTOR_OPTIONS, compiled_unavailable_reason
-from ..rule import LionCoefficients, lion_step_tensor_
+from ..fused import INDUCTOR_OPTIONS, compiled_unavailable_reason, dtype_key, function_copy, run_compiled
+from ..rule import LionCoefficients, compute_dtype, lion_step_tensor_
 from . import simd
 from .codec import (
     CODES_DTYPE,
@@ -45,26 +49,30 @@ WORKSPACE_BYTES = 1 << 24
 
 def quantized_lion_step_(
     param, grad, codes, absmax, new_codes, step_size, update_weight, momentum_weight, decay, *, bits, cautious=False
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One step on blocks: `param`, `grad` (..., L); `codes`, `new_codes` (..., L or L/2); `absmax` (...).
 
     Updates `param` in place, writes the new momentum's codes to `new_codes` (which may be `codes`
-    when run eagerly) and returns its absmax. For 4 bits, `param` and `grad` are pairs of halves
-    (..., L/2), the elements of the low and of the high nibbles, so that every loop runs over bytes.
+    when run eagerly) and returns its absmax and the number of non-finite gradient elements of each
+    block (skipped, see `rule.lion_update_finite_`). For 4 bits, `param` and `grad` are pairs of
+    halves (..., L/2), the elements of the low and of the high nibbles, so that every loop runs over bytes.
     `cautious`: the masked rule, with `step_size` the parameter's cautious step size.
     """
     scalars = (step_size, update_weight, momentum_weight, decay)
     if bits == 4:
         exp_avgs = decode_nibbles(codes, absmax)
+        skipped = 0
         for param_half, grad_half, exp_avg in zip(param, grad, exp_avgs):
-            lion_step_tensor_(param_half, grad_half, exp_avg, *scalars, cautious=cautious)
+            finite = lion_step_tensor_(param_half, grad_half, exp_avg, *scalars, cautious=cautious, skip_nonfinite=True)
+            skipped = skipped + (~finite).sum(-1, dtype=torch.int32)
         encoded, new_absmax = encode_nibbles(*exp_avgs)
     else:
         exp_avg = decode_blocks(codes, absmax, bits)
-        lion_step_tensor_(param, grad, exp_avg, *scalars, cautious=cautious)
+        finite = lion_step_tensor_(param, grad, exp_avg, *scalars, cautious=cautious, skip_nonfinite=True)
+        skipped = (~finite).sum(-1, dtype=torch.int32)
         encoded, new_absmax = encode_blocks(exp_avg, bits)
     new_codes.copy_(encoded)
-    return new_absmax
+    return new_absmax, skipped
 
 
 # One function per (bits, part, cautious) so that each has its own code object, hence its own Dynamo
@@ -116,10 +124,12 @@ _STEPS = {
 
 
 @functools.lru_cache(maxsize=None)
-def compiled_quantized_step(bits: int, part: str, cautious: bool = False):
-    """The compiled step for `bits`, `part` ('full' blocks or the 'tail' ones) and the cautious
-    rule or not, built once per process."""
-    return torch.compile(_STEPS[bits, part, cautious], fullgraph=True, dynamic=True, options=_INDUCTOR_OPTIONS)
+def compiled_quantized_step(bits: int, part: str, cautious: bool = False, key: str = "float32_float32"):
+    """The compiled step for `bits`, `part` ('full' blocks or the 'tail' ones), the cautious rule or
+    not, and the parameter and gradient dtypes `key` (`fused.dtype_key`), built once per process."""
+    return torch.compile(
+        function_copy(_STEPS[bits, part, cautious], key), fullgraph=True, dynamic=True, options=_INDUCTOR_OPTIONS
+    )
 
 
 _workspaces: dict[torch.device, torch.Tensor] = {}
@@ -139,24 +149,27 @@ def _row_slices(rows: int, bytes_per_row: int, fused: bool):
     return [(start, min(rows, start + step)) for start in range(0, rows, step)]
 
 
-def step_quantized_param_(param, grad, codes, absmax, coefficients, *, bits, block_size, fused, cautious=False) -> None:
-    """Step one parameter (or local shard) whose momentum is `codes`/`absmax` in the row layout."""
-    step_quantized_params_(
+def step_quantized_param_(param, grad, codes, absmax, coefficients, *, bits, block_size, fused, cautious=False):
+    """Step one parameter (or local shard) whose momentum is `codes`/`absmax` in the row layout;
+    returns how many of its gradient elements were non-finite (skipped)."""
+    return step_quantized_params_(
         [(param, grad, codes, absmax)], coefficients, bits=bits, block_size=block_size, fused=fused, cautious=cautious
-    )
+    )[0]
 
 
 def step_quantized_params_(
     items, coefficients: LionCoefficients, *, bits: int, block_size: int, fused: bool, cautious: bool = False
-) -> None:
+) -> list:
     """Step parameters of one param group on one device: `items` are (param, grad, codes, absmax).
 
     Fused, fp32 parameters on a CPU with AVX-512 run `simd`'s kernel, all in one call; the others
     the compiled step, one call per block shape (not fused: the eager step). `cautious`: the
-    masked rule, `coefficients.step_size` being the cautious step size of every item.
+    masked rule, `coefficients.step_size` being the cautious step size of every item. Returns, per
+    item, how many gradient elements were non-finite and skipped (an int, or a 0-dim tensor).
     """
-    kernel_tensors, write_back, scalars = ([], [], [], []), [], None
-    for param, grad, codes, absmax in items:
+    kernel_tensors, kernel_items, write_back, scalars = ([], [], [], []), [], [], {}
+    skipped: list = [0] * len(items)
+    for position, (param, grad, codes, absmax) in enumerate(items):
         rows = absmax.shape[0]
         if param.numel() == 0 or rows == 0:
             continue
@@ -170,22 +183,31 @@ def step_quantized_params_(
         if fused and simd.applies(param, grad):
             for bucket, tensor in zip(kernel_tensors, as_rows):
                 bucket.append(tensor)
+            kernel_items.append(position)
             continue
-        if fused and scalars is None:
-            scalars = coefficients.as_tensor(param.device)
-        _step_blocks_(*as_rows, coefficients, bits, block_size, fused, scalars, cautious)
+        dtype = compute_dtype(param, absmax)
+        if fused and dtype not in scalars:
+            scalars[dtype] = coefficients.as_tensor(param.device, dtype)
+        skipped[position] = _step_blocks_(
+            *as_rows, coefficients, bits, block_size, fused, scalars.get(dtype), cautious
+        )
     if kernel_tensors[0]:
-        simd.step_(*kernel_tensors, coefficients, bits=bits, block_size=block_size, cautious=cautious)
+        counts = simd.step_(*kernel_tensors, coefficients, bits=bits, block_size=block_size, cautious=cautious)
+        for position, count in zip(kernel_items, counts):
+            skipped[position] = count
     for work, original in write_back:
         original.copy_(work)
+    return skipped
 
 
 def _step_blocks_(param_rows, grad_rows, codes_rows, absmax, coefficients, bits, block_size, fused, scalars,
-                  cautious=False) -> None:
+                  cautious=False):
     """`quantized_lion_step_` over the block views of 2-D rows: compiled (fused, with the step's
-    scalars as one tensor) or eagerly."""
+    scalars as one tensor) or eagerly. Returns the number of skipped (non-finite) gradient elements."""
     if fused:
         torch._dynamo.mark_static(scalars)  # its 4 is a constant, not a size shared with blocks
+        key = dtype_key(param_rows, grad_rows)
+    skipped = 0
     for start, stop in _row_slices(absmax.shape[0], codes_rows.shape[1], fused):
         parts = block_views(param_rows[start:stop], codes_rows[start:stop], absmax[start:stop], bits, block_size)
         grad_parts = block_views(grad_rows[start:stop], codes_rows[start:stop], absmax[start:stop], bits, block_size)
@@ -201,17 +223,21 @@ def _step_blocks_(param_rows, grad_rows, codes_rows, absmax, coefficients, bits,
             if fused:
                 new_codes = _workspace_like(part_codes)
                 tensors = (*part_param, *part_grad) if bits == 4 else (part_param, part_grad)
-                step = compiled_quantized_step(bits, name, cautious)
-                new_absmax = step(*tensors, part_codes, part_absmax, new_codes, scalars)
+                new_absmax, part_skipped = run_compiled(
+                    compiled_quantized_step(bits, name, cautious, key), _STEPS[bits, name, cautious],
+                    f"{bits}-bit {name} blocks of {key}", *tensors, part_codes, part_absmax, new_codes, scalars,
+                )
                 part_codes.copy_(new_codes)
             else:
-                new_absmax = quantized_lion_step_(
+                new_absmax, part_skipped = quantized_lion_step_(
                     part_param, part_grad, part_codes, part_absmax, part_codes, *coefficients.scalars(), bits=bits,
                     cautious=cautious,
                 )
             part_absmax.copy_(new_absmax)
+            skipped = skipped + part_skipped.sum()
             if stepped is not target:
                 target.copy_(stepped[..., : target.shape[-1]])
+    return skipped
 
 
 @functools.lru_cache(maxsize=None)

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from ..cautious import cautious_step_sizes
-from ..optimizer import Lion, fallback_path
+from ..optimizer import Lion, fallback_path, param_description
 from ..rule import LionCoefficients, kept_count
 from ..sharding import DTensor, Replicate, Shard, local_shard
-from ..state import checked_exp_avg, decoded_entry
+from ..state import check_momentum, check_state_keys, decoded_entry
 from .codec import (
     ABSMAX_DTYPE,
     CODES_DTYPE,
@@ -139,6 +139,7 @@ class QuantizedLion(Lion):
         rows of at least MIN_ROW_LENGTH elements, and shards of whole rows.
 
         1-D parameters keep full precision: a shard boundary of a 1-D tensor can fall inside a block.
+        So do complex parameters (their momentum is complex, which the codec does not encode).
         Flat buffers (`is_flat_buffer`: DeepSpeed ZeRO's partitions) are quantized along their length
         when they hold at least `min_quantized_size` elements; a shorter one keeps full precision
         with a warning.
@@ -147,7 +148,7 @@ class QuantizedLion(Lion):
             return self._quantizes_flat_buffer(param, group)
         if param.dim() == 1 and getattr(param, "_fsdp_flattened", False):  # set by torch's FSDP1 on what it flattens
             self._warn_fsdp1_flattened()
-        if param.dim() < 2 or param.numel() < group["min_quantized_size"]:
+        if param.dim() < 2 or param.numel() < group["min_quantized_size"] or param.is_complex():
             return False
         if rows_and_cols(param.shape)[1] < MIN_ROW_LENGTH:
             return False
@@ -220,57 +221,60 @@ class QuantizedLion(Lion):
             unfused="for-loop",
         )
 
-    def _step_group(self, group: dict[str, Any]) -> None:
-        """Full-precision momenta on `Lion`'s paths; quantized ones per device on `_quantized_path`."""
-        full_precision, quantized, sources = ([], [], [], []), {}, {}
-        for param, grad, state in self._params_to_step(group):
-            local_param = local_shard(param)
+    def _step_codec_states(self, group: dict[str, Any], group_index: int, items) -> list:
+        """Step the quantized ones of `items` (`_params_to_step` of `group`) per device on
+        `_quantized_path` (`Lion.step` steps the others); returns, for each, (parameter, skipped
+        non-finite gradient elements, elements)."""
+        quantized, sources, names = {}, {}, {}
+        for index, param, grad, state in items:
             if CODES in state:
+                local_param = local_shard(param)
                 quantized.setdefault(local_param.device, []).append(
                     (local_param, grad, local_shard(state[CODES]), local_shard(state[ABSMAX]))
                 )
                 sources.setdefault(local_param.device, []).append(param)
-            else:
-                tensors = (local_param, grad, local_shard(state["exp_avg"]), param)
-                for bucket, tensor in zip(full_precision, tensors):
-                    bucket.append(tensor)
-        self._step_full_precision(group, *full_precision)
+                names.setdefault(local_param.device, []).append(param_description(group, group_index, index))
         if not quantized:
-            return
+            return []
         coefficients = LionCoefficients.from_group(group["lr"], group["betas"], group["weight_decay"])
         codec = dict(bits=group["bits"], block_size=group["block_size"])
         if group["cautious"]:
-            self._step_cautious(group, quantized, sources, coefficients, codec)
-            return
-        for device, items in quantized.items():
-            fused = self._quantized_path(group, device) == "fused"
-            step_quantized_params_(items, coefficients, **codec, fused=fused)
+            counts = self._step_cautious(group, quantized, sources, coefficients, codec)
+        else:
+            counts = []
+            for device, device_items in quantized.items():
+                fused = self._quantized_path(group, device) == "fused"
+                counts += step_quantized_params_(device_items, coefficients, **codec, fused=fused)
+        shards = [item[0] for device_items in quantized.values() for item in device_items]
+        labels = [name for device in quantized for name in names[device]]
+        return [(name, count, shard.numel()) for name, count, shard in zip(labels, counts, shards)]
 
-    def _step_cautious(self, group, quantized, sources, coefficients, codec) -> None:
+    def _step_cautious(self, group, quantized, sources, coefficients, codec) -> list:
         """The cautious step of quantized momenta: count what each keeps (decoding its momentum in
-        full precision once), then step each with its own step size."""
+        full precision once), then step each with its own step size. Returns the skipped counts."""
         counts = [
             kept_count(grad, dequantize_blockwise(codes, absmax, param.shape, **codec), coefficients.update_weight)
             for items in quantized.values() for param, grad, codes, absmax in items
         ]
         params = [param for device in quantized for param in sources[device]]
         step_sizes = iter(cautious_step_sizes(params, counts, coefficients.step_size))
+        skipped = []
         for device, items in quantized.items():
             fused = self._quantized_path(group, device) == "fused"
             for item in items:
                 own = dataclasses.replace(coefficients, step_size=next(step_sizes))
-                step_quantized_params_([item], own, **codec, fused=fused, cautious=True)
+                skipped += step_quantized_params_([item], own, **codec, fused=fused, cautious=True)
+        return skipped
 
     # --- State dicts. --------------------------------------------------------------------------
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load our checkpoints, `Lion`'s (full precision) and bitsandbytes' 8-bit ones, converting the
-        momentum to this optimizer's storage; on any error the optimizer is left unchanged."""
-        codec_config = [{key: group[key] for key in CODEC_KEYS} for group in self.param_groups]
-        super().load_state_dict(state_dict)
-        # The loaded groups carry the saved hyperparameters; the codec stays ours (it was checked).
-        for group, config in zip(self.param_groups, codec_config):
-            group.update(config)
+    def _checked_state_dict(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """As `Lion`'s, converting the momentum to this optimizer's storage (our checkpoints, `Lion`'s
+        and bitsandbytes' 8-bit ones); the loaded groups keep this optimizer's codec settings."""
+        checked = super()._checked_state_dict(state_dict)
+        for group, saved in zip(self.param_groups, checked["param_groups"]):
+            saved.update({key: group[key] for key in CODEC_KEYS})
+        return checked
 
     def _load_state_entry(self, param, entry, group, saved_group, label):
         if not self.is_quantized(param, group):
@@ -284,12 +288,14 @@ class QuantizedLion(Lion):
                     f"{saved_block_size}; this {type(self).__name__} uses bits={bits}, block_size={block_size} "
                     "(load it with the same settings, or convert through Lion)"
                 )
-            codes, absmax = entry[CODES], entry.get(ABSMAX)
+            check_state_keys(type(self).__name__, label, entry, ((CODES, ABSMAX),))
+            codes, absmax = entry[CODES], entry[ABSMAX]
             check_quantized_shapes(label, param, codes, absmax, bits, block_size)
             codes, absmax = _placed_like(param, codes), _placed_like(param, absmax)
             return entry, {CODES: codes, ABSMAX: absmax.to(ABSMAX_DTYPE)}
         entry = decoded_entry(param, entry, saved_group, label)  # e.g. bitsandbytes' -> exp_avg
-        exp_avg = checked_exp_avg(entry, param, label, momentum_keys=("exp_avg", CODES))
+        check_state_keys(type(self).__name__, label, entry, (("exp_avg",), (CODES, ABSMAX)))
+        exp_avg = check_momentum(entry["exp_avg"], param, label)
         codes, absmax = encode_momentum(param, exp_avg.float(), bits, block_size)
         rest = {k: v for k, v in entry.items() if k != "exp_avg"}
         return rest, {CODES: codes, ABSMAX: absmax}

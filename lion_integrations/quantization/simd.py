@@ -5,8 +5,9 @@ permutes and gathers that make a table look-up one instruction, so its step is c
 several times the memory floor. `simd_step.cpp` is that loop written with AVX-512 intrinsics; this
 module completes it from the two sources it must not restate:
 
-* the rule: `rule.lion_update_` is run once with `CodeWriter`, an ops table (like `TENSOR_OPS`)
-  whose operations write C statements on 16-lane vectors instead of computing;
+* the rule: `rule.lion_update_finite_` (the update rule with the non-finite policy) is run once
+  with `CodeWriter`, an ops table (like `TENSOR_OPS`) whose operations write C statements on
+  16-lane vectors instead of computing;
 * the codec: the decode tables are `codec.decode_codes` of every code, the encode constants those
   of `codec.nearest_code`, so both directions give the codec's values (tests compare them).
 
@@ -33,7 +34,7 @@ from typing import Callable
 
 import torch
 
-from ..rule import lion_update_
+from ..rule import lion_update_finite_
 from .codec import (
     DECADE_SCALE,
     DECADES,
@@ -54,18 +55,24 @@ RULE_ARGUMENTS = ("p", "g", "m", "step_size", "update_weight", "momentum_weight"
 
 
 class CodeWriter:
-    """An ops table for `lion_update_` that writes the statements of one step on __m512 values."""
+    """An ops table for `lion_update_finite_` that writes the statements of one step on __m512
+    values (and __mmask16 lane masks)."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.nonnegative = {"step_size"}  # values known to be >= 0 (for sign_times)
 
-    def _temporary(self, expression: str) -> str:
+    def _temporary(self, expression: str, kind: str = "__m512") -> str:
         name = f"t{len(self.lines)}"
-        self.lines.append(f"__m512 {name} = {expression};")
+        self.lines.append(f"{kind} {name} = {expression};")
         return name
 
     def _assign(self, target: str, expression: str) -> None:
         self.lines.append(f"{target} = {expression};")
+
+    @staticmethod
+    def _vector(value) -> str:
+        return f"_mm512_set1_ps({float_literal(value)})" if isinstance(value, float) else value
 
     def lerp(self, start, end, weight):
         return self._temporary(f"lerp({start}, {end}, {weight})")
@@ -77,7 +84,7 @@ class CodeWriter:
         self._assign(x, f"sign({x})")
 
     def mul_(self, x, factor):
-        if self.lines and self.lines[-1] == f"{x} = sign({x});" and factor == "step_size":
+        if self.lines and self.lines[-1] == f"{x} = sign({x});" and factor in self.nonnegative:
             # sign(x) * lr, lr >= 0, is lr with x's sign (or 0): one instruction instead of two.
             self.lines[-1] = f"{x} = sign_times({x}, {factor});"
         else:
@@ -89,15 +96,25 @@ class CodeWriter:
     def neg(self, x):
         return self._temporary(f"_mm512_xor_ps({x}, _mm512_set1_ps(-0.0f))")
 
+    def isfinite(self, x):
+        return self._temporary(f"finite({x})", kind="__mmask16")
+
     def keep_agreeing_(self, x, y):
         self._assign(x, f"keep_agreeing({x}, {y})")
 
+    def where(self, condition, value, other):
+        name = self._temporary(f"_mm512_mask_blend_ps({condition}, {self._vector(other)}, {self._vector(value)})")
+        if all(v in self.nonnegative or (isinstance(v, float) and v >= 0) for v in (value, other)):
+            self.nonnegative.add(name)
+        return name
+
 
 def rule_statements(cautious: bool = False) -> list[str]:
-    """`lion_update_` as C statements on p, g, m (vectors) and the step's four float scalars."""
+    """`lion_update_finite_` as C statements on p, g, m (vectors) and the step's four scalars,
+    ending with the return of the mask of finite gradient lanes."""
     writer = CodeWriter()
-    lion_update_(writer, *RULE_ARGUMENTS, cautious=cautious)
-    return writer.lines
+    finite = lion_update_finite_(writer, *RULE_ARGUMENTS, cautious=cautious)
+    return writer.lines + [f"return {finite};"]
 
 
 # count_below's 16 buckets, (shift, first bucket): 8 bits, two binades each from 2**-21 up (decade
@@ -193,7 +210,8 @@ def cache_folder() -> Path:
 def compiled_step() -> Callable[..., int]:
     """The kernel, ``quantized_lion_step`` of simd_step.cpp, as a ctypes function (its library built
     on first use, then reused from the cache folder); a call returns nonzero when the kernel could not
-    allocate its block buffers."""
+    allocate its block buffers, and adds each parameter's count of non-finite gradient elements to
+    its last argument."""
     source, compiler = source_code(), _compiler()
     key = hashlib.sha256("\0".join([source, *compiler, *FLAGS]).encode()).hexdigest()[:20]
     folder = cache_folder()
@@ -215,7 +233,8 @@ def compiled_step() -> Callable[..., int]:
     entry_point.restype = ctypes.c_int
     entry_point.argtypes = (
         [ctypes.c_int] + [ctypes.POINTER(ctypes.c_void_p)] * 4 + [ctypes.POINTER(ctypes.c_int64)] * 2
-        + [ctypes.c_int64, ctypes.c_int, ctypes.c_int] + [ctypes.c_float] * 4 + [ctypes.c_int]
+        + [ctypes.c_int64, ctypes.c_int, ctypes.c_int] + [ctypes.c_float] * 4
+        + [ctypes.c_int, ctypes.POINTER(ctypes.c_int64)]
     )
     return entry_point
 
@@ -243,13 +262,17 @@ def applies(param: torch.Tensor, grad: torch.Tensor) -> bool:
     )
 
 
-def step_(params, grads, codes, absmaxes, coefficients, *, bits: int, block_size: int, cautious: bool = False) -> None:
+def step_(
+    params, grads, codes, absmaxes, coefficients, *, bits: int, block_size: int, cautious: bool = False
+) -> list[int]:
     """One step, in place, of contiguous (rows, cols) fp32 parameters with their gradients, codes and
     absmax (contiguous, in the codec's row layout), all of one param group, in one kernel call
-    (`cautious`: the masked rule, with `coefficients.step_size` the cautious step size of all)."""
+    (`cautious`: the masked rule, with `coefficients.step_size` the cautious step size of all).
+    Returns, per parameter, how many gradient elements were NaN or inf (and skipped)."""
     count = len(params)
     if not count:
-        return
+        return []
+    skipped = (ctypes.c_int64 * count)()
 
     def pointers(tensors):
         return (ctypes.c_void_p * count)(*(tensor.data_ptr() for tensor in tensors))
@@ -260,7 +283,8 @@ def step_(params, grads, codes, absmaxes, coefficients, *, bits: int, block_size
     failed = compiled_step()(
         count, pointers(params), pointers(grads), pointers(codes), pointers(absmaxes), sizes(0), sizes(1),
         block_size, bits, int(cautious), coefficients.step_size, coefficients.update_weight, coefficients.momentum_weight,
-        coefficients.decay, torch.get_num_threads(),
+        coefficients.decay, torch.get_num_threads(), skipped,
     )
     if failed:
         raise MemoryError("lion_integrations: the AVX-512 quantized step could not allocate its block buffers")
+    return list(skipped)

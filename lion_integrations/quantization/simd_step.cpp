@@ -67,6 +67,9 @@ static inline __m512 lerp(__m512 start, __m512 end, const LerpWeight<Small> &wei
     return _mm512_fmadd_ps(weight.coefficient, _mm512_sub_ps(end, start), Small ? start : end);
 }
 
+// torch.isfinite: the lanes that are neither NaN nor +-inf (fpclass 0x99: QNaN, +inf, -inf, SNaN).
+static inline __mmask16 finite(__m512 x) { return (__mmask16)~_mm512_fpclass_ps_mask(x, 0x99); }
+
 // torch.sign: +-1 with x's sign bit, or 0 for 0 and NaN.
 static inline __m512 sign(__m512 x) {
     __mmask16 nonzero = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NEQ_OQ);
@@ -99,20 +102,23 @@ struct Coefficients {
     LerpWeight<MomentumSmall> momentum_weight;
 };
 
-// The rule on 16 lanes: p (parameter), g (gradient), m (momentum), in place on p and m.
+// The rule on 16 lanes: p (parameter), g (gradient), m (momentum), in place on p and m; lanes
+// whose gradient is NaN or inf keep p and m. Returns the mask of the other (finite) lanes.
 template <class Scalars>
-static inline void lion_rule(__m512 *p_, __m512 g, __m512 *m_, const Scalars &coefficients) {
+static inline __mmask16 lion_rule(__m512 &p, __m512 g, __m512 &m, const Scalars &coefficients) {
     const __m512 step_size = coefficients.step_size, decay = coefficients.decay;
     const auto &update_weight = coefficients.update_weight;
     const auto &momentum_weight = coefficients.momentum_weight;
-    __m512 p = *p_, m = *m_;
     if constexpr (Scalars::cautious) {
 @CAUTIOUS_RULE@
     } else {
 @RULE@
     }
-    *p_ = p;
-    *m_ = m;
+}
+
+// How many of the lanes in `valid` are not in `finite`.
+static inline int64_t count_skipped(__mmask16 valid, __mmask16 finite) {
+    return __builtin_popcount((unsigned)(valid & (__mmask16)~finite));
 }
 
 // How many of a sorted list of thresholds (padded with +inf to 16) lie below each magnitude in
@@ -198,7 +204,7 @@ static inline float as_float(uint32_t bits) {
 // decode, rule, parameter stored, new momentum to the block buffer, running max of |m| as bits.
 template <bool Whole, class Scalars>
 static inline void update_chunk8(float *p, const float *g, const uint8_t *codes, int64_t length, __m512 old_scale,
-                                 float *buffer, __m512i *largest, const Scalars &coefficients) {
+                                 float *buffer, __m512i *largest, const Scalars &coefficients, int64_t *skipped) {
     __m512 decoded[4];
     decode8x64(Whole ? _mm512_loadu_si512(codes) : _mm512_maskz_loadu_epi8(bytes(length), codes), decoded);
     for (int quarter = 0; quarter < 4 && (Whole || 16 * quarter < length); quarter++) {
@@ -207,7 +213,7 @@ static inline void update_chunk8(float *p, const float *g, const uint8_t *codes,
         __m512 m = _mm512_mul_ps(decoded[quarter], old_scale);
         __m512 param = Whole ? _mm512_loadu_ps(p + at) : _mm512_maskz_loadu_ps(k, p + at);
         __m512 grad = Whole ? _mm512_loadu_ps(g + at) : _mm512_maskz_loadu_ps(k, g + at);
-        lion_rule(&param, grad, &m, coefficients);
+        *skipped += count_skipped(k, lion_rule(param, grad, m, coefficients));
         if (Whole) _mm512_storeu_ps(p + at, param);
         else _mm512_mask_storeu_ps(p + at, k, param);
         _mm512_storeu_ps(buffer + at, m);
@@ -237,15 +243,15 @@ static inline void encode_chunk8(const float *buffer, __m512 to_unit, uint8_t *c
 // floats rounded up to 64. Returns the new absmax.
 template <class Scalars>
 static float step_block8(float *p, const float *g, uint8_t *codes, float absmax, int64_t length, float *buffer,
-                         const Scalars &coefficients) {
+                         const Scalars &coefficients, int64_t *skipped) {
     __m512 old_scale = _mm512_set1_ps(absmax);
     __m512i largest = _mm512_setzero_si512();
     int64_t whole = length & ~(int64_t)63;
     for (int64_t i = 0; i < whole; i += 64)
-        update_chunk8<true>(p + i, g + i, codes + i, 64, old_scale, buffer + i, &largest, coefficients);
+        update_chunk8<true>(p + i, g + i, codes + i, 64, old_scale, buffer + i, &largest, coefficients, skipped);
     if (whole < length)
         update_chunk8<false>(p + whole, g + whole, codes + whole, length - whole, old_scale, buffer + whole, &largest,
-                             coefficients);
+                             coefficients, skipped);
     float new_absmax = as_float(_mm512_reduce_max_epu32(largest));
     __m512 to_unit = _mm512_set1_ps(inverse(rescaled_absmax(new_absmax, buffer, 0, length)));
     for (int64_t i = 0; i < length; i += 64) {
@@ -265,7 +271,7 @@ static float step_block8(float *p, const float *g, uint8_t *codes, float absmax,
 // [half, length), each in memory order; the buffer holds the low ones at 0, the high ones at `high`.
 template <class Scalars>
 static float step_block4(float *p, const float *g, uint8_t *codes, float absmax, int64_t length, float *buffer,
-                         const Scalars &coefficients) {
+                         const Scalars &coefficients, int64_t *skipped) {
     const __m512 table = _mm512_mul_ps(_mm512_load_ps(DECODE4), _mm512_set1_ps(absmax));  // decode(c) * absmax
     int64_t half = (length + 1) / 2, high = (half + 15) & ~(int64_t)15;
     __m512i largest = _mm512_setzero_si512();
@@ -278,7 +284,7 @@ static float step_block4(float *p, const float *g, uint8_t *codes, float absmax,
             __m512i nibble = part ? _mm512_srli_epi32(byte, 4) : _mm512_and_si512(byte, _mm512_set1_epi32(15));
             __m512 m = _mm512_permutexvar_ps(nibble, table);
             __m512 param = _mm512_maskz_loadu_ps(k, p + first + i), grad = _mm512_maskz_loadu_ps(k, g + first + i);
-            lion_rule(&param, grad, &m, coefficients);
+            *skipped += count_skipped(k, lion_rule(param, grad, m, coefficients));
             _mm512_mask_storeu_ps(p + first + i, k, param);
             _mm512_storeu_ps(part_buffer + i, m);
             largest = _mm512_mask_max_epu32(largest, k_bytes, largest, magnitude_bits(m));
@@ -310,14 +316,15 @@ extern "C" __attribute__((target("arch=x86-64"))) int cpu_supported(void) {
 }
 
 // The step on `count` parameters of one param group (the same block size, bits and scalars):
-// parameter t is (rows[t], cols[t]) fp32 with its codes and absmax in the layout above. Each of
+// parameter t is (rows[t], cols[t]) fp32 with its codes and absmax in the layout above; skipped[t]
+// (zero on entry) receives how many of its gradient elements were NaN or inf. Each of
 // `threads` OpenMP threads steps a contiguous share of every parameter's blocks, parameter after
 // parameter, with no barrier in between. Returns nonzero, having stepped nothing, if a block
 // buffer could not be allocated.
 template <class Scalars>
 static int step_parameters(int count, float *const *params, const float *const *grads, uint8_t *const *codes,
                            float *const *absmaxes, const int64_t *rows, const int64_t *cols, int64_t block_size,
-                           int bits, const Scalars &coefficients, int threads) {
+                           int bits, const Scalars &coefficients, int threads, int64_t *skipped) {
     int64_t codes_per_block = bits == 8 ? block_size : block_size / 2, longest = 0;
     for (int t = 0; t < count; t++) longest = cols[t] > longest ? cols[t] : longest;
     longest = longest < block_size ? longest : block_size;  // no block is longer than its row
@@ -338,7 +345,7 @@ static int step_parameters(int count, float *const *params, const float *const *
             int64_t codes_per_row = bits == 8 ? cols[t] : (cols[t] + 1) / 2;
             int64_t total = rows[t] * blocks_per_row;
             int64_t first = total * member / team, stop = total * (member + 1) / team;
-            int64_t row = first / blocks_per_row, block = first % blocks_per_row;
+            int64_t row = first / blocks_per_row, block = first % blocks_per_row, skipped_here = 0;
             for (int64_t index = first; index < stop; index++) {  // this thread's share, row by row
                 int64_t start = block * block_size;
                 int64_t length = cols[t] - start < block_size ? cols[t] - start : block_size;
@@ -346,12 +353,16 @@ static int step_parameters(int count, float *const *params, const float *const *
                 const float *g = grads[t] + row * cols[t] + start;
                 uint8_t *c = codes[t] + row * codes_per_row + block * codes_per_block;
                 float *a = absmaxes[t] + index;
-                *a = bits == 8 ? step_block8(p, g, c, *a, length, buffer, coefficients)
-                               : step_block4(p, g, c, *a, length, buffer, coefficients);
+                *a = bits == 8 ? step_block8(p, g, c, *a, length, buffer, coefficients, &skipped_here)
+                               : step_block4(p, g, c, *a, length, buffer, coefficients, &skipped_here);
                 if (++block == blocks_per_row) {
                     block = 0;
                     row++;
                 }
+            }
+            if (skipped_here) {
+#pragma omp atomic
+                skipped[t] += skipped_here;
             }
         }
         free(buffer);
@@ -370,10 +381,10 @@ template <bool Cautious>
 static int step_with_rule(int count, float *const *params, const float *const *grads, uint8_t *const *codes,
                           float *const *absmaxes, const int64_t *rows, const int64_t *cols, int64_t block_size,
                           int bits, float step_size, float update_weight, float momentum_weight, float decay,
-                          int threads) {
+                          int threads, int64_t *skipped) {
 #define STEP(U, M) step_parameters(count, params, grads, codes, absmaxes, rows, cols, block_size, bits, \
                                    coefficients<U, M, Cautious>(step_size, update_weight, momentum_weight, decay), \
-                                   threads)
+                                   threads, skipped)
     if (small_weight(update_weight))
         return small_weight(momentum_weight) ? STEP(true, true) : STEP(true, false);
     return small_weight(momentum_weight) ? STEP(false, true) : STEP(false, false);
@@ -384,8 +395,8 @@ static int step_with_rule(int count, float *const *params, const float *const *g
 extern "C" int quantized_lion_step(int count, float *const *params, const float *const *grads, uint8_t *const *codes,
                                    float *const *absmaxes, const int64_t *rows, const int64_t *cols,
                                    int64_t block_size, int bits, int cautious, float step_size, float update_weight,
-                                   float momentum_weight, float decay, int threads) {
+                                   float momentum_weight, float decay, int threads, int64_t *skipped) {
     return (cautious ? step_with_rule<true> : step_with_rule<false>)(
         count, params, grads, codes, absmaxes, rows, cols, block_size, bits, step_size, update_weight,
-        momentum_weight, decay, threads);
+        momentum_weight, decay, threads, skipped);
 }

@@ -62,16 +62,22 @@ def test_kernel_call_equals_eager_step_with_a_cautious_step_size(bits):
 
 
 def test_generated_cautious_rule_masks_then_scales():
+    # After the non-finite selects of rule.lion_update_finite_ (t1: the gradient, t2: the step size).
     assert simd.rule_statements(cautious=True) == [
-        "__m512 t0 = lerp(m, g, update_weight);",
-        "t0 = sign(t0);",
-        "t0 = keep_agreeing(t0, g);",
-        "t0 = scale(t0, step_size);",
-        "p = scale(p, decay);",
-        "p = _mm512_sub_ps(p, t0);",
-        "m = lerp(m, g, momentum_weight);",
+        "__mmask16 t0 = finite(g);",
+        "__m512 t1 = _mm512_mask_blend_ps(t0, m, g);",
+        "__m512 t2 = _mm512_mask_blend_ps(t0, _mm512_set1_ps(0x0.0p+0f), step_size);",
+        "__m512 t3 = _mm512_mask_blend_ps(t0, _mm512_set1_ps(0x1.0000000000000p+0f), decay);",
+        "__m512 t4 = lerp(m, t1, update_weight);",
+        "t4 = sign(t4);",
+        "t4 = keep_agreeing(t4, t1);",
+        "t4 = scale(t4, t2);",
+        "p = scale(p, t3);",
+        "p = _mm512_sub_ps(p, t4);",
+        "m = lerp(m, t1, momentum_weight);",
+        "return t0;",
     ]
-    assert "keep_agreeing(t0, g)" in simd.source_code()
+    assert "keep_agreeing(t4, t1)" in simd.source_code()
 
 
 @pytest.mark.slow

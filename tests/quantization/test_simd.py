@@ -79,19 +79,25 @@ def test_kernel_equals_eager_for_lerp_weights_on_both_sides_of_one_half(bits, be
 
 @needs_kernel
 @pytest.mark.parametrize("bits", [8, 4])
-def test_kernel_propagates_non_finite_gradients_as_eager(bits):
-    # A NaN or inf gradient makes its block's absmax NaN (torch's amax keeps NaN); after that the
-    # block's parameters only decay, sign(NaN) being 0. Codes of a NaN block are meaningless.
+def test_kernel_skips_non_finite_gradients_as_eager(bits):
+    # A NaN or inf gradient element is skipped (rule.lion_update_finite_): its parameter and momentum
+    # keep their values, so its block's absmax stays finite and the block keeps learning. Both
+    # paths count the skipped elements.
     generator = torch.Generator().manual_seed(7)
     param, grad = torch.randn(4, 512, generator=generator), torch.randn(4, 512, generator=generator)
-    grad[1, 7], grad[2, 300] = float("nan"), float("inf")
+    grad[1, 7], grad[2, 300], grad[2, 301] = float("nan"), float("inf"), float("-inf")
     codes, absmax = quantize_blockwise(torch.randn(4, 512, generator=generator), bits, 256)
     coefficients = LionCoefficients.from_group(1e-3, (0.9, 0.99), 0.1)
     eager, kernel = eager_and_kernel(param, grad, codes, absmax, coefficients, bits, 256, steps=3)
-    assert torch.equal(eager[0], kernel[0])
-    assert torch.equal(eager[2].isnan(), kernel[2].isnan()) and eager[2].isnan().sum() == 2
-    finite = ~eager[2].isnan()
-    assert torch.equal(eager[2][finite], kernel[2][finite])
+    assert_identical(eager, kernel)
+    assert torch.isfinite(eager[2]).all()
+    for row, col in ((1, 7), (2, 300), (2, 301)):
+        assert eager[0][row, col] == param[row, col]
+    assert (eager[0] != param).sum() == param.numel() - 3
+    counts = simd.step_([param.clone()], [grad], [codes.clone()], [absmax.clone()], coefficients, bits=bits, block_size=256)
+    eager_count = step_quantized_param_(param.clone(), grad, codes.clone(), absmax.clone(), coefficients,
+                                        bits=bits, block_size=256, fused=False)
+    assert counts == [3] and int(eager_count) == 3
 
 
 @needs_kernel
@@ -226,14 +232,20 @@ def test_bucket_table_refuses_two_thresholds_in_one_bucket():
 
 
 def test_generated_rule_is_rule_py():
-    # The kernel's update is rule.lion_update_ run with the code-writing ops table (sign, then the
-    # multiplication by the step size, become one instruction).
+    # The kernel's update is rule.lion_update_finite_ run with the code-writing ops table: the
+    # non-finite lanes select momentum for the gradient, 0 for the step size and 1 for the decay,
+    # then rule.lion_update_ (sign, then the multiplication by the step size, become one instruction).
     assert simd.rule_statements() == [
-        "__m512 t0 = lerp(m, g, update_weight);",
-        "t0 = sign_times(t0, step_size);",
-        "p = scale(p, decay);",
-        "p = _mm512_sub_ps(p, t0);",
-        "m = lerp(m, g, momentum_weight);",
+        "__mmask16 t0 = finite(g);",
+        "__m512 t1 = _mm512_mask_blend_ps(t0, m, g);",
+        "__m512 t2 = _mm512_mask_blend_ps(t0, _mm512_set1_ps(0x0.0p+0f), step_size);",
+        "__m512 t3 = _mm512_mask_blend_ps(t0, _mm512_set1_ps(0x1.0000000000000p+0f), decay);",
+        "__m512 t4 = lerp(m, t1, update_weight);",
+        "t4 = sign_times(t4, t2);",
+        "p = scale(p, t3);",
+        "p = _mm512_sub_ps(p, t4);",
+        "m = lerp(m, t1, momentum_weight);",
+        "return t0;",
     ]
     assert "@" not in simd.source_code()
 
