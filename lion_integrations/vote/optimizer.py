@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from ..checks import check_bool, check_choice
-from ..optimizer import Lion
+from ..optimizer import Lion, finite_flags, param_description
 from ..rule import TENSOR_OPS, LionCoefficients, cautious_step_size, lion_apply_, lion_direction, lion_momentum_
 from ..sharding import DTensor
 from .ballots import COLLECTIVES, all_gather_rows, choose_collective, exchange_ballots
@@ -59,6 +59,8 @@ class SignVoteLion(Lion):
 
     Args:
         params, lr, betas, weight_decay, maximize, momentum_dtype, cautious: as for `Lion`.
+        nonfinite: "skip" only: a gradient element that is NaN or inf abstains (ballot 0) and keeps its
+            momentum, with `Lion`'s warning and count ("raise" would leave the other ranks waiting).
         vote: 'majority' (sign of the sum of the ballots; ties give 0) or 'average' (their mean).
         collective: 'auto' (the format that sends fewer bytes at this world size), 'all_gather'
             (packed bits) or 'all_reduce' (int8 counts); see `ballots.py`.
@@ -84,15 +86,22 @@ class SignVoteLion(Lion):
         collective: str = "auto",
         maximize: bool = False,
         momentum_dtype: torch.dtype | str | None = None,
+        nonfinite: str = "skip",
         process_group: Any = None,
         skip_ddp_allreduce: bool = True,
     ) -> None:
         check_choice(vote, "vote", VOTES)
+        if nonfinite != "skip":
+            raise ValueError(
+                f"Invalid nonfinite: {nonfinite!r} (SignVoteLion supports 'skip' only: a rank that raised "
+                "alone would leave the other ranks waiting in the vote's collective)"
+            )
         check_choice(collective, "collective", COLLECTIVES)
         check_bool(skip_ddp_allreduce, "skip_ddp_allreduce")
         super().__init__(
             params, lr, betas, weight_decay,
             maximize=maximize, foreach=False, fused=False, momentum_dtype=momentum_dtype, cautious=cautious,
+            nonfinite=nonfinite,
         )
         self.vote, self.collective, self.process_group = vote, collective, process_group
         self._checked_first_step = False
@@ -139,14 +148,18 @@ class SignVoteLion(Lion):
         if self._attach_handle is not None:  # after the first backward a hook can no longer be added
             self._attach_handle.remove()
             self._attach_handle = None
-        entries, ballots = [], []
-        for group in self.param_groups:
+        entries, ballots, skipped = [], [], []
+        for group_index, group in enumerate(self.param_groups):
             coefficients = LionCoefficients.from_group(group["lr"], group["betas"], group["weight_decay"])
-            for param in group["params"]:
+            for index, param in enumerate(group["params"]):
                 if not param.requires_grad:
                     continue
                 entries.append((group, param, coefficients))
-                ballots.append(self._cast_ballot(param, group, coefficients))
+                ballot, nonfinite = self._cast_ballot(param, group, coefficients)
+                ballots.append(ballot)
+                if nonfinite is not None:
+                    skipped.append((param_description(group, group_index, index), nonfinite, param.numel()))
+        self._report_nonfinite(skipped)
         if not entries:
             return loss
         sums, voters = self._tally(ballots, [param.numel() for _, param, _ in entries], entries[0][1].device)
@@ -155,18 +168,28 @@ class SignVoteLion(Lion):
                 self._apply_vote(param, group, coefficients, voted_direction(total, count, self.vote).to(param.device))
         return loss
 
-    def _cast_ballot(self, param, group, coefficients) -> torch.Tensor | None:
-        """This rank's ballot for `param` (flattened -1/0/+1), its momentum advanced; None without a gradient."""
+    def _cast_ballot(self, param, group, coefficients) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """This rank's ballot for `param` (flattened -1/0/+1), its momentum advanced, and the count of
+        non-finite gradient elements (None when all are finite); (None, None) without a gradient.
+
+        An element whose gradient is NaN or inf abstains (ballot 0) and keeps its momentum."""
         grad = self._local_grad(param, group)
         if grad is None:
-            return None
+            return None, None
         exp_avg = self._init_state(param, group)["exp_avg"]
         grad32, exp_avg32 = grad.float(), exp_avg.float()
+        finite, nonfinite = None, None
+        if not finite_flags([grad32])[0]:
+            finite = torch.isfinite(grad32)
+            nonfinite = finite.numel() - finite.sum()
+            grad32 = torch.where(finite, grad32, exp_avg32)  # lerp(m, m, w) = m: the momentum stays
         ballot = lion_direction(TENSOR_OPS, grad32, exp_avg32, coefficients.update_weight, cautious=group["cautious"])
         lion_momentum_(TENSOR_OPS, exp_avg32, grad32, coefficients.momentum_weight)
+        if finite is not None:
+            ballot.masked_fill_(~finite, 0.0)
         if exp_avg32 is not exp_avg:
             exp_avg.copy_(exp_avg32)
-        return ballot.reshape(-1)
+        return ballot.reshape(-1), nonfinite
 
     def _tally(self, ballots, sizes, device):
         if not self._distributed():

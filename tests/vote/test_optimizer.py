@@ -72,3 +72,28 @@ def test_state_dict_names_the_rank_and_loads_lion_state():
         restored.load_state_dict(state)
         restored.load_state_dict(lion.state_dict())
     lion.load_state_dict(state)  # and Lion loads ours
+
+
+def test_nonfinite_gradient_elements_abstain_keep_their_momentum_and_warn():
+    param = nn.Parameter(torch.ones(4, 4))
+    optimizer = SignVoteLion([param], lr=0.1, betas=(0.9, 0.99))
+    param.grad = torch.ones(4, 4)
+    optimizer.step()
+    momentum = optimizer.state[param]["exp_avg"].clone()
+    weights = param.detach().clone()
+    grad = torch.ones(4, 4)
+    grad[0, 0], grad[1, 2] = float("nan"), float("inf")
+    param.grad = grad
+    with pytest.warns(RuntimeWarning, match=r"NaN or inf gradient elements in param 0 of group 0 .*2 of 16"):
+        optimizer.step()
+    state = optimizer.state[param]["exp_avg"]
+    assert torch.isfinite(state).all()
+    for row, col in ((0, 0), (1, 2)):
+        assert state[row, col] == momentum[row, col] and param[row, col] == weights[row, col]
+    assert torch.equal(param.detach()[2], weights[2] - 0.1)  # finite elements took the ordinary step
+    assert optimizer.nonfinite_steps == 1
+
+
+def test_nonfinite_raise_is_refused():
+    with pytest.raises(ValueError, match=r"Invalid nonfinite: 'raise' \(SignVoteLion supports 'skip' only"):
+        SignVoteLion([nn.Parameter(torch.ones(2))], nonfinite="raise")
