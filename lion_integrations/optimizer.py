@@ -84,6 +84,15 @@ def as_real(tensor: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
+def closure_loss(closure: Callable[[], float] | None) -> float | None:
+    """The loss `closure` returns, evaluated with gradients enabled (None without a closure), as
+    `torch.optim` optimizers do at the start of `step`."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 def param_description(group: dict[str, Any], group_index: int, index: int) -> str:
     """"'fc.weight'" when the group carries torch's param_names, else 'param 3 of group 0 (shape (4, 5))'."""
     names = group.get("param_names")
@@ -315,11 +324,7 @@ class Lion(Optimizer):
 
         Non-finite gradient elements follow each group's ``nonfinite`` policy (see the class docstring).
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
+        loss = closure_loss(closure)
         items = [self._params_to_step(group) for group in self.param_groups]
         batches = [self._full_precision_batch(group_items) for group_items in items]
         if torch.compiler.is_compiling() and all(group["nonfinite"] == "skip" for group in self.param_groups):

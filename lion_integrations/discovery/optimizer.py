@@ -9,6 +9,7 @@ from typing import Any, Callable
 import torch
 from torch.optim import Optimizer
 
+from ..optimizer import closure_loss
 from .abstract import analyze
 from .execute import as_tensor_like, compile_program
 from .program import Program, parse
@@ -110,10 +111,7 @@ class DiscoveredOptimizer(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
         """One step of every group's program; `closure` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             run = compile_program(group["program"])
             lr, decay = float(group["lr"]), float(group["weight_decay"])

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from ..checks import check_bool, check_choice
-from ..optimizer import Lion, finite_flags, param_description
+from ..optimizer import Lion, closure_loss, finite_flags, param_description
 from ..rule import TENSOR_OPS, LionCoefficients, cautious_step_size, lion_apply_, lion_direction, lion_momentum_
 from ..sharding import DTensor
 from .ballots import COLLECTIVES, all_gather_rows, choose_collective, exchange_ballots
@@ -141,10 +141,7 @@ class SignVoteLion(Lion):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
         """One voted step (collective: every voting rank must call it); `closure` re-evaluates the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         if self._attach_handle is not None:  # after the first backward a hook can no longer be added
             self._attach_handle.remove()
             self._attach_handle = None
