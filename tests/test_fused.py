@@ -11,7 +11,7 @@ from torch import nn
 
 import lion_integrations.fused as fused_module
 import lion_integrations.optimizer as optimizer_module
-from lion_integrations import Lion
+from lion_integrations import Lion, Lion8bit
 from tests.helpers.optimizer import make_problem
 
 pytestmark = pytest.mark.usefixtures("fuse_small_tensors")
@@ -148,3 +148,46 @@ def test_fused_none_falls_back_with_one_warning_and_fused_true_raises(monkeypatc
     strict = Lion([param], fused=True)
     with pytest.raises(RuntimeError, match="fused=True.*no compiler here"):
         strict.step()
+
+
+def test_fused_lion_survives_many_dtype_combinations():
+    # Each (parameter, gradient, momentum) dtype combination has its own compiled copy: with a
+    # recompile limit of 2, a shared function would fail at the third combination.
+    combinations = [(torch.float32, None), (torch.bfloat16, None), (torch.float16, None), (torch.float64, None),
+                    (torch.bfloat16, torch.float32)]
+    with torch._dynamo.config.patch(recompile_limit=2):
+        for dtype, momentum_dtype in combinations:
+            param = nn.Parameter(torch.randn(64, 64, dtype=dtype))
+            reference = nn.Parameter(param.detach().clone())
+            param.grad = torch.randn_like(param)
+            reference.grad = param.grad.clone()
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                Lion([param], lr=1e-2, fused=True, momentum_dtype=momentum_dtype).step()
+            Lion([reference], lr=1e-2, fused=False, momentum_dtype=momentum_dtype).step()
+            torch.testing.assert_close(param, reference)
+
+
+def test_fused_quantized_survives_the_issue_repro():
+    with torch._dynamo.config.patch(recompile_limit=4):
+        for dtype in (torch.bfloat16, torch.float16, torch.float64):
+            for shape in ((64, 256), (1, 256), (64, 512), (1, 512)):
+                param = nn.Parameter(torch.randn(shape, dtype=dtype))
+                param.grad = torch.randn_like(param)
+                Lion8bit([param], min_quantized_size=0, fused=True).step()
+
+
+def test_a_recompile_limit_falls_back_to_the_eager_step_with_one_warning(monkeypatch):
+    monkeypatch.setattr(fused_module, "_warned_limits", set())
+    params = [nn.Parameter(torch.randn(shape, dtype=torch.float16)) for shape in ((64, 256), (1, 256), (1, 512))]
+    references = [nn.Parameter(p.detach().clone()) for p in params]
+    for p, q in zip(params, references):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(recompile_limit=1):
+        with pytest.warns(RuntimeWarning, match="recompile limit"):
+            Lion8bit(params, min_quantized_size=0, fused=True).step()
+    Lion8bit(references, min_quantized_size=0, fused=False).step()
+    for p, q in zip(params, references):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-2)  # one fp16 ulp where the compiled lerp rounds otherwise

@@ -25,6 +25,7 @@ import pytest
 import torch
 from torch import nn
 
+import lion_integrations.rule as rule_module
 from lion_integrations import Lion
 from lion_integrations.quantization import codec, simd
 from tests.helpers.optimizer import PATHS
@@ -227,3 +228,25 @@ def test_quantized_lion_follows_algorithm_2_from_its_decoded_momentum(bits, path
     assert_follows_algorithm_2_step_by_step(optimizer, params, settings, bits=bits)
     quantized = ["exp_avg_codes" in optimizer.state[param] for param in params]
     assert quantized == [True, False, True, False, True, False, True]
+
+
+def test_foreach_steps_in_chunks_of_one_tensors_worth(monkeypatch):
+    monkeypatch.setattr(rule_module, "FOREACH_CHUNK_NUMEL", 1000)
+    sizes = []
+    real_lerp = torch._foreach_lerp
+
+    def spy(tensors, *args, **kwargs):
+        sizes.append(sum(t.numel() for t in tensors))
+        return real_lerp(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(rule_module.FOREACH_OPS, "lerp", spy)
+    params = [nn.Parameter(torch.randn(300)) for _ in range(10)] + [nn.Parameter(torch.randn(40, 40))]
+    references = [nn.Parameter(p.detach().clone()) for p in params]
+    for p, q in zip(params, references):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    Lion(params, lr=0.1, fused=False, foreach=True).step()
+    Lion(references, lr=0.1, fused=False, foreach=False).step()
+    assert sum(sizes) == sum(p.numel() for p in params) and max(sizes) <= 1600 and len(sizes) > 1
+    for p, q in zip(params, references):
+        torch.testing.assert_close(p, q)
