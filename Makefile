@@ -41,6 +41,7 @@ bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/convergence.py --quick
 	$(PY) benchmarks/batch_size.py --quick
 	$(PY) benchmarks/distributed.py --quick
+	$(PY) benchmarks/low_precision.py --quick
 
 # Full mode, for publication (an hour or more on 2 cores).
 bench-full: $(VENV)/.bench-installed
@@ -50,6 +51,7 @@ bench-full: $(VENV)/.bench-installed
 	$(PY) benchmarks/convergence.py
 	$(PY) benchmarks/batch_size.py
 	$(PY) benchmarks/distributed.py
+	$(PY) benchmarks/low_precision.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache outputs

@@ -29,8 +29,9 @@ from .rule import LionCoefficients, compute_dtype, lion_step_tensor_, lion_step_
 FUSED_DEVICE_TYPES = ("cpu", "cuda")
 MIN_FUSED_NUMEL = 1 << 16
 # A parallel loop whatever size the first call had (Inductor otherwise sizes its OpenMP split by
-# the first call's shapes, and the warm-up probe is tiny).
-INDUCTOR_OPTIONS = {"cpp.dynamic_threads": True}
+# the first call's shapes, and the warm-up probe is tiny); casts to bf16/fp16 round as in eager code
+# (by default Inductor may keep such intermediates in fp32, which would make a Kahan residual 0).
+INDUCTOR_OPTIONS = {"cpp.dynamic_threads": True, "emulate_precision_casts": True}
 
 
 # Keys of the compiled steps that `run_compiled` has warned about.
@@ -74,6 +75,24 @@ def _cautious_step_with_scalars_(param, grad, exp_avg, scalars) -> None:
     lion_step_tensor_(param, grad, exp_avg, scalars[0], scalars[1], scalars[2], scalars[3], cautious=True)
 
 
+# bf16/fp16 weights stored with Kahan summation or stochastic rounding (`rule.store_weight_`).
+def _kahan_step_with_scalars_(param, grad, exp_avg, scalars, compensation, cautious: bool) -> None:
+    lion_step_tensor_(
+        param, grad, exp_avg, scalars[0], scalars[1], scalars[2], scalars[3], cautious=cautious,
+        compensation=compensation,
+    )
+
+
+def _stochastic_step_with_scalars_(param, grad, exp_avg, scalars, random_bits, cautious: bool) -> None:
+    lion_step_tensor_(
+        param, grad, exp_avg, scalars[0], scalars[1], scalars[2], scalars[3], cautious=cautious,
+        random_bits=random_bits,
+    )
+
+
+_STORE_STEPS = {"kahan": _kahan_step_with_scalars_, "stochastic": _stochastic_step_with_scalars_}
+
+
 @functools.lru_cache(maxsize=None)
 def compiled_step(key: str = "float32_float32_float32"):
     """The compiled kernel for the dtypes `key` (`dtype_key` of parameter, gradient, momentum), built
@@ -91,6 +110,15 @@ def compiled_cautious_step(key: str = "float32_float32_float32"):
     )
 
 
+@functools.lru_cache(maxsize=None)
+def compiled_store_step(store: str, key: str):
+    """The compiled kernel for bf16/fp16 weights stored by `store` ('kahan' or 'stochastic') and the
+    dtypes `key`, built on first use."""
+    return torch.compile(
+        function_copy(_STORE_STEPS[store], f"{store}_{key}"), fullgraph=True, dynamic=True, options=INDUCTOR_OPTIONS
+    )
+
+
 def flat_alias(tensor: torch.Tensor) -> torch.Tensor:
     """A 1-D tensor over `tensor`'s memory that is not a view (Dynamo guards on a view's base shape)."""
     return tensor.new_empty(0).set_(tensor.untyped_storage(), tensor.storage_offset(), (tensor.numel(),), (1,))
@@ -102,17 +130,26 @@ def fusable(param: torch.Tensor, exp_avg: torch.Tensor) -> bool:
     return param.is_contiguous() and exp_avg.is_contiguous() and param.numel() >= max(MIN_FUSED_NUMEL, 2)
 
 
-def fused_step_(params, grads, exp_avgs, coefficients: LionCoefficients, *, cautious: bool = False) -> None:
+def fused_step_(params, grads, exp_avgs, coefficients: LionCoefficients, *, cautious: bool = False,
+                compensations=None, draw=None) -> None:
     """Run the compiled kernel on each large parameter; raises whatever compiling raises (but a
     recompile limit: see `run_compiled`). With `cautious`, `coefficients.step_size` is the
-    parameters' cautious step size (`rule.cautious_step_size`)."""
-    compiled, eager = (compiled_cautious_step, _cautious_step_with_scalars_) if cautious else (
-        compiled_step, _step_with_scalars_)
+    parameters' cautious step size (`rule.cautious_step_size`). `compensations`: the Kahan buffers (a
+    list like `params`), or None; `draw(param)`: stochastic rounding's random bits for `param`,
+    called in the order of `params` (as the other paths do), or None."""
+    store = "kahan" if compensations is not None else "stochastic" if draw is not None else None
+    if store is not None:
+        compiled, eager = functools.partial(compiled_store_step, store), _STORE_STEPS[store]
+    else:
+        compiled, eager = (compiled_cautious_step, _cautious_step_with_scalars_) if cautious else (
+            compiled_step, _step_with_scalars_)
     scalars: dict[torch.dtype, torch.Tensor] = {}
-    rest = ([], [], [])
-    for param, grad, exp_avg in zip(params, grads, exp_avgs):
+    rest = ([], [], [], [], [])
+    for index, (param, grad, exp_avg) in enumerate(zip(params, grads, exp_avgs)):
+        compensation = compensations[index] if compensations is not None else None
+        random_bits = draw(param) if draw is not None else None
         if not fusable(param, exp_avg):
-            for bucket, tensor in zip(rest, (param, grad, exp_avg)):
+            for bucket, tensor in zip(rest, (param, grad, exp_avg, compensation, random_bits)):
                 bucket.append(tensor)
             continue
         dtype = compute_dtype(param, exp_avg)
@@ -120,9 +157,17 @@ def fused_step_(params, grads, exp_avgs, coefficients: LionCoefficients, *, caut
             scalars[dtype] = coefficients.as_tensor(param.device, dtype)
         key = dtype_key(param, grad, exp_avg)
         tensors = (flat_alias(param), flat_alias(grad.contiguous()), flat_alias(exp_avg), scalars[dtype])
+        if store is not None:
+            tensors += (flat_alias(compensation if compensation is not None else random_bits), cautious)
         run_compiled(compiled(key), eager, key, *tensors)
-    if rest[0]:
-        lion_step_unfused_(*rest, coefficients, foreach=uses_foreach(None, rest[0][0].device.type), cautious=cautious)
+    rest_params, rest_grads, rest_exp_avgs, rest_compensations, rest_random_bits = rest
+    if rest_params:
+        drawn = iter(rest_random_bits)  # drawn above, in parameter order
+        lion_step_unfused_(
+            rest_params, rest_grads, rest_exp_avgs, coefficients, foreach=uses_foreach(None, rest_params[0].device.type),
+            cautious=cautious, compensations=rest_compensations if compensations is not None else None,
+            draw=(lambda param: next(drawn)) if draw is not None else None,
+        )
 
 
 def compiled_unavailable_reason(device_type: str, probe: Callable[[], object]) -> str | None:

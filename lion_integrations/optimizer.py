@@ -14,15 +14,31 @@ from torch.optim import Optimizer
 from .cautious import cautious_step_sizes
 from .checks import check_bool, check_choice, check_real
 from .fused import fusable, fused_step_, fused_unavailable_reason
-from .rule import LionCoefficients, kept_count, lion_step_tensor_, lion_step_unfused_, uses_foreach
+from .rule import (
+    LOW_PRECISION_DTYPES,
+    LionCoefficients,
+    kept_count,
+    lion_step_tensor_,
+    lion_step_unfused_,
+    random_bits_like,
+    uses_foreach,
+)
 from .sharding import DTensor, local_shard
-from .state import check_momentum, check_saved_groups, check_state_keys, decoded_entry, param_label
+from .state import (
+    COMPENSATION,
+    check_momentum,
+    check_saved_compensation,
+    check_saved_groups,
+    check_state_keys,
+    decoded_entry,
+    param_label,
+)
 
 DEFAULT_LR = 1e-4
 DEFAULT_BETAS = (0.9, 0.99)
 NONFINITE_POLICIES = ("skip", "raise")
 # Group keys that checkpoints of earlier versions lack; loading one keeps the optimizer's own value.
-LATE_GROUP_KEYS = ("nonfinite",)
+LATE_GROUP_KEYS = ("nonfinite", "kahan_sum", "stochastic_rounding")
 COMPLEX_OF = {torch.float16: torch.complex32, torch.float32: torch.complex64, torch.float64: torch.complex128}
 # (kernel, device type) pairs whose fallback `fallback_path` has warned about.
 _warned_fallback: set[tuple[str, str]] = set()
@@ -69,6 +85,45 @@ def validate_hyperparameters(lr: Any, betas: Any, weight_decay: Any) -> None:
     check_real(weight_decay, "weight_decay", minimum=0.0, allow_tensor=True)
 
 
+def check_weight_store_options(kahan_sum: Any, stochastic_rounding: Any) -> None:
+    """TypeError unless kahan_sum is a bool or None and stochastic_rounding a bool; ValueError for both on."""
+    check_bool(kahan_sum, "kahan_sum", allow_none=True)
+    check_bool(stochastic_rounding, "stochastic_rounding")
+    if kahan_sum is True and stochastic_rounding is True:
+        raise ValueError(
+            "Invalid kahan_sum=True with stochastic_rounding=True: choose one way to keep updates "
+            "smaller than the weights' rounding (Kahan keeps a buffer, stochastic rounding does not)"
+        )
+
+
+def weight_store(dtype: torch.dtype, kahan_sum: bool | None, stochastic_rounding: bool) -> str:
+    """How a parameter of `dtype` stores its fp32 step (rule.store_weight_): 'kahan', 'stochastic' or
+    'nearest'. Only bf16/fp16 lose updates to rounding; kahan_sum=None means on for them unless
+    stochastic_rounding is on."""
+    if dtype not in LOW_PRECISION_DTYPES:
+        return "nearest"
+    if stochastic_rounding:
+        return "stochastic"
+    return "kahan" if kahan_sum is not False else "nearest"
+
+
+def warn_high_precision_params(owner: str, group: dict[str, Any]) -> None:
+    """Warn when kahan_sum=True or stochastic_rounding=True is asked for parameters it cannot help."""
+    for name in ("kahan_sum", "stochastic_rounding"):
+        if group.get(name) is not True:
+            continue
+        others = [param for param in group["params"] if param.dtype not in LOW_PRECISION_DTYPES]
+        if others:
+            dtypes = sorted({str(param.dtype).removeprefix("torch.") for param in others})
+            warnings.warn(
+                f"{owner}: {name}=True does nothing for {len(others)} parameter(s) of dtype "
+                f"{'/'.join(dtypes)} in this param group (first of shape {tuple(others[0].shape)}): only "
+                "bfloat16/float16 weights lose updates to rounding; these are stepped and stored in their own precision",
+                UserWarning,
+                stacklevel=4,
+            )
+
+
 def validate_flags(group: dict[str, Any]) -> None:
     """Raise TypeError for a flag of `group` that is not a bool (or None, for foreach and fused),
     ValueError for an unknown `nonfinite` policy."""
@@ -77,6 +132,8 @@ def validate_flags(group: dict[str, Any]) -> None:
             check_bool(group[name], name, allow_none=allow_none)
     if "nonfinite" in group:
         check_choice(group["nonfinite"], "nonfinite", NONFINITE_POLICIES)
+    if "kahan_sum" in group or "stochastic_rounding" in group:
+        check_weight_store_options(group.get("kahan_sum"), group.get("stochastic_rounding", False))
 
 
 def as_real(tensor: torch.Tensor) -> torch.Tensor:
@@ -193,6 +250,18 @@ class Lion(Optimizer):
             not updated (its parameter and momentum keep their values), the others step as usual;
             a RuntimeWarning names the parameters and ``nonfinite_steps`` counts such steps.
             ``"raise"``: RuntimeError naming the parameters, before anything is changed.
+        kahan_sum: for bf16/fp16 parameters, keep a compensation buffer ``kahan_comp`` (the
+            parameter's dtype and shape: 2 bytes per parameter) holding what rounding the new weight
+            dropped, so updates below half the weight's spacing add up instead of being lost (see
+            `rule.store_weight_`). None (default): on for bf16/fp16 parameters unless
+            stochastic_rounding is on; False: off. fp32/fp64 parameters never keep one (True warns).
+        stochastic_rounding: store bf16/fp16 weights rounded up or down at random, with the
+            probabilities that make the stored weight unbiased; no buffer. Draws come from
+            `generator`, in parameter order, so every execution path rounds alike.
+        generator: the `torch.Generator` stochastic rounding draws from (None: the default generator
+            of each parameter's device, seeded by `torch.manual_seed`). It must be on the device of
+            the parameters it rounds; it is not saved in the state dict (save ``generator.get_state()``
+            to resume bit-exact, as for dropout).
 
     The arithmetic is float32 on every path, float64 for float64 parameters or momentum. Complex
     parameters are stepped as pairs of real numbers (`torch.view_as_real`), as torch's optimizers
@@ -217,8 +286,17 @@ class Lion(Optimizer):
         momentum_dtype: torch.dtype | str | None = None,
         cautious: bool = False,
         nonfinite: str = "skip",
+        kahan_sum: bool | None = None,
+        stochastic_rounding: bool = False,
+        generator: torch.Generator | None = None,
     ) -> None:
-        validate_flags(dict(maximize=maximize, foreach=foreach, fused=fused, cautious=cautious, nonfinite=nonfinite))
+        validate_flags(dict(
+            maximize=maximize, foreach=foreach, fused=fused, cautious=cautious, nonfinite=nonfinite,
+            kahan_sum=kahan_sum, stochastic_rounding=stochastic_rounding,
+        ))
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"Invalid generator: {generator!r} (expected a torch.Generator or None)")
+        self.generator = generator
         if fused and foreach:
             raise ValueError("Invalid fused=True with foreach=True: choose one execution path")
         defaults = dict(
@@ -231,6 +309,8 @@ class Lion(Optimizer):
             momentum_dtype=as_momentum_dtype(momentum_dtype),
             cautious=cautious,
             nonfinite=nonfinite,
+            kahan_sum=kahan_sum,
+            stochastic_rounding=stochastic_rounding,
         )
         validate_hyperparameters(lr, betas, weight_decay)
         self.nonfinite_steps = 0  # steps in which some gradient element was NaN or inf (and skipped)
@@ -244,7 +324,12 @@ class Lion(Optimizer):
         validate_flags(param_group)
         if "momentum_dtype" in param_group:
             param_group["momentum_dtype"] = as_momentum_dtype(param_group["momentum_dtype"])
+        check_weight_store_options(
+            param_group.get("kahan_sum", self.defaults.get("kahan_sum")),
+            param_group.get("stochastic_rounding", self.defaults.get("stochastic_rounding", False)),
+        )
         super().add_param_group(param_group)
+        warn_high_precision_params(type(self).__name__, self.param_groups[-1])
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -255,6 +340,9 @@ class Lion(Optimizer):
             group.setdefault("momentum_dtype", None)
             group.setdefault("cautious", False)
             group.setdefault("nonfinite", "skip")
+            group.setdefault("kahan_sum", None)
+            group.setdefault("stochastic_rounding", False)
+        self.__dict__.setdefault("generator", None)
         self.__dict__.setdefault("nonfinite_steps", 0)
         self._register_load_hooks()
 
@@ -264,6 +352,35 @@ class Lion(Optimizer):
             dtype = momentum_dtype_for(param, group["momentum_dtype"])
             state["exp_avg"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
         return state
+
+    def init_compensation(self, param: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """Create `param`'s Kahan buffer as zeros when it stores its weight with Kahan summation and has
+        none (a new parameter, or a checkpoint saved without one); drop a buffer it no longer uses
+        (Kahan turned off: the buffer held less than half a unit of the weight's last place)."""
+        if weight_store(param.dtype, group["kahan_sum"], group["stochastic_rounding"]) != "kahan":
+            state.pop(COMPENSATION, None)
+        elif COMPENSATION not in state:
+            state[COMPENSATION] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    def draw_random_bits(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Stochastic rounding's draws for `tensor` (a parameter's local shard) from `self.generator`."""
+        generator = self.generator
+        if generator is not None and (
+            generator.device.type != tensor.device.type
+            or generator.device.index is not None and generator.device.index != tensor.device.index
+        ):
+            raise ValueError(
+                f"Invalid generator: it is on {generator.device}, a parameter of shape {tuple(tensor.shape)} "
+                f"is on {tensor.device} (stochastic rounding draws on the parameter's device: pass a generator "
+                "there, or None for that device's default generator)"
+            )
+        return random_bits_like(tensor, generator)
+
+    def weight_store_of(self, param: torch.Tensor, group: dict[str, Any], state: dict[str, Any]):
+        """(Kahan buffer's local shard or None, `draw_random_bits` or None): how `param` stores its weight."""
+        store = weight_store(param.dtype, group["kahan_sum"], group["stochastic_rounding"])
+        compensation = local_shard(state[COMPENSATION]) if store == "kahan" else None
+        return compensation, (self.draw_random_bits if store == "stochastic" else None)
 
     def _local_grad(self, param: torch.Tensor, group: dict[str, Any]) -> torch.Tensor | None:
         """The gradient to apply to `param` (negated when maximizing) on this rank's shard; None if none."""
@@ -286,7 +403,9 @@ class Lion(Optimizer):
         for index, param in enumerate(group["params"]):
             grad = self._local_grad(param, group)
             if grad is not None:
-                items.append((index, param, grad, self._init_state(param, group)))
+                state = self._init_state(param, group)
+                self.init_compensation(param, state, group)
+                items.append((index, param, grad, state))
         return items
 
     @staticmethod
@@ -388,11 +507,14 @@ class Lion(Optimizer):
             step_sizes = cautious_step_sizes(sources, counts, coefficients.step_size)
         skipped = []
         buckets = defaultdict(list)
+        stores = [self.weight_store_of(source, group, self.state[source]) for source in sources]
         for position, (param, grad, exp_avg) in enumerate(zip(params, grads, exp_avgs)):
             if finite is None or not finite[position]:
                 own = dataclasses.replace(coefficients, step_size=step_sizes[position])
+                compensation, draw = stores[position]
                 mask = lion_step_tensor_(
-                    param, grad, exp_avg, *own.scalars(), cautious=cautious, skip_nonfinite=True
+                    param, grad, exp_avg, *own.scalars(), cautious=cautious, skip_nonfinite=True,
+                    compensation=compensation, random_bits=draw(param) if draw is not None else None,
                 )
                 name = param_description(group, group_index, indices[position])
                 skipped.append((name, mask.numel() - mask.sum(), mask.numel()))
@@ -400,17 +522,23 @@ class Lion(Optimizer):
             buckets[(param.device, param.dtype, grad.dtype, exp_avg.dtype)].append(position)
         for (device, *_), positions in buckets.items():
             bucket = [[tensors[i] for i in positions] for tensors in (params, grads, exp_avgs)]
+            compensations = [stores[i][0] for i in positions]  # one dtype per bucket, hence one store
+            compensations = compensations if compensations[0] is not None else None
+            draw = stores[positions[0]][1]
             any_fusable = any(fusable(param, exp_avg) for param, _, exp_avg in zip(*bucket))
             path = self.execution_path(group, device, any_fusable=any_fusable)
             own = [step_sizes[i] for i in positions] if cautious else None
             if path == "fused" and own is None:
-                fused_step_(*bucket, coefficients)
+                fused_step_(*bucket, coefficients, compensations=compensations, draw=draw)
             elif path == "fused":  # one compiled call per parameter, each with its step size
-                for param, grad, exp_avg, step_size in zip(*bucket, own):
+                for index, (param, grad, exp_avg, step_size) in enumerate(zip(*bucket, own)):
                     fused_step_([param], [grad], [exp_avg], dataclasses.replace(coefficients, step_size=step_size),
-                                cautious=True)
+                                cautious=True, compensations=compensations and [compensations[index]], draw=draw)
             else:
-                lion_step_unfused_(*bucket, coefficients, foreach=path == "foreach", cautious=cautious, step_sizes=own)
+                lion_step_unfused_(
+                    *bucket, coefficients, foreach=path == "foreach", cautious=cautious, step_sizes=own,
+                    compensations=compensations, draw=draw,
+                )
         return skipped
 
     def _report_nonfinite(self, skipped: list[tuple[str, Any, int]]) -> None:
@@ -499,6 +627,7 @@ class Lion(Optimizer):
         entry = decoded_entry(param, entry, saved_group, label)
         check_state_keys(type(self).__name__, label, entry, (("exp_avg",),))
         exp_avg = check_momentum(entry["exp_avg"], param, label)
+        check_saved_compensation(entry, param, label)
         momentum_dtype = as_momentum_dtype(saved_group.get("momentum_dtype"))
         if momentum_dtype is not None:
             return entry, {"exp_avg": exp_avg.to(dtype=momentum_dtype_for(param, momentum_dtype))}

@@ -29,10 +29,24 @@ take the ordinary step.
 
 Precision. The arithmetic runs in `compute_dtype`: float32 for 16- and 32-bit tensors, float64
 when the parameter or its momentum is float64 (as torch's optimizers compute in the parameter's dtype).
+
+A bf16/fp16 parameter is read as a weight in the compute dtype (`weight_in`), stepped, and written
+back by one of three stores (`store_weight_`), the same on every execution path:
+
+* nearest: round to the nearest representable value. An update smaller than half the spacing
+  of the stored weight is lost (bf16 near 0.05: spacing 2**-12 ~ 2.4e-4, so lr=1e-4 never moves it);
+* Kahan-compensated: a compensation buffer ``c`` of the parameter's dtype holds what rounding
+  dropped, so the weight is ``p + c``: each step computes ``w = rule(p + c)`` in fp32 and stores
+  ``p = round(w)``, ``c = round(w - p)`` (``w - p`` is exact in fp32). Updates accumulate in ``c``
+  until they move ``p``, so the sum of updates keeps about twice the dtype's precision;
+* stochastic: ``p = round_up(w)`` with probability ``(w - round_down(w)) / spacing``, else
+  ``round_down(w)`` (`stochastic_round`): unbiased, ``E[p] = w``, with no buffer, from random bits
+  drawn eagerly (`random_bits_like`) so that every path rounds with the same draws.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -180,17 +194,100 @@ def kept_count(grad: torch.Tensor, exp_avg: torch.Tensor, update_weight: float) 
     return int(torch.count_nonzero(direction))
 
 
+# --- Storing the fp32 weight into the parameter's dtype. -----------------------------------------
+
+LOW_PRECISION_DTYPES = (torch.bfloat16, torch.float16)
+# Random bits per element for stochastic rounding: enough for every dropped bit of an fp32 weight
+# rounded to fp16, subnormals included (at most 23, the fp32 fraction).
+RANDOM_BITS = 23
+_FRACTION_BITS = 23  # fp32's
+_EXPONENT_BIAS = 127
+
+
+def weight_in(param: torch.Tensor, compensation: torch.Tensor | None = None, dtype: torch.dtype = torch.float32):
+    """The weight a step starts from, in `dtype` (the compute dtype): `param` (itself when of that
+    dtype), plus its Kahan compensation."""
+    if compensation is not None:
+        return torch.add(param.to(dtype), compensation)  # type promotion: the buffer enters exactly
+    return param.to(dtype)
+
+
+def random_bits_like(tensor: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform int32 in [0, 2**RANDOM_BITS), `tensor`'s shape and device, from `generator` (default:
+    the device's generator, seeded by `torch.manual_seed`)."""
+    return torch.randint(
+        0, 1 << RANDOM_BITS, tensor.shape, dtype=torch.int32, device=tensor.device, generator=generator
+    )
+
+
+def stochastic_round(weight: torch.Tensor, random_bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """fp32 `weight` rounded to `dtype` (bf16 or fp16) up or down, with probability of rounding up
+    (weight - down) / (up - down), so that the expected result is `weight` (unbiased).
+
+    On the fp32 bits: the `d` low bits that `dtype` cannot hold (16 for bf16; 13 for fp16, more in
+    its subnormal range) get `random_bits` mod 2**d added, then are cleared: the carry into the kept
+    bits happens with exactly the probability above (integer arithmetic, so every path agrees). An
+    fp16 weight below its smallest subnormal s = 2**-24 becomes 0 or s, up with probability |w|/s
+    (to 2**-23 of s). Non-finite weights are stored as they are.
+    """
+    info = torch.finfo(dtype)
+    kept_fraction_bits = round(-math.log2(info.eps))
+    min_exponent = round(math.log2(info.tiny))
+    bits = weight.view(torch.int32)
+    exponent = ((bits >> _FRACTION_BITS) & 0xFF).clamp(min=1) - _EXPONENT_BIAS  # fp32 subnormals: 2**-126
+    dropped = (_FRACTION_BITS - kept_fraction_bits) + (min_exponent - exponent).clamp(min=0)
+    mask = (1 << dropped.clamp(max=_FRACTION_BITS)) - 1
+    rounded = ((bits + (random_bits & mask)) & ~mask).view(torch.float32)
+    if min_exponent > 1 - _EXPONENT_BIAS:  # fp16: weights below its smallest subnormal s
+        smallest = info.tiny * info.eps
+        up = random_bits.float() * 2.0**-RANDOM_BITS < weight.abs() * (1.0 / smallest)
+        tiny = torch.where(up, smallest, 0.0).copysign(weight)
+        rounded = torch.where(dropped > _FRACTION_BITS, tiny, rounded)
+    return torch.where(torch.isfinite(weight), rounded, weight).to(dtype)
+
+
+def store_weight_(param: torch.Tensor, weight: torch.Tensor, compensation: torch.Tensor | None = None,
+                  random_bits: torch.Tensor | None = None) -> None:
+    """Write `weight` (fp32, or fp64 when the step computes in fp64) into `param`: rounded to nearest; or stochastically with `random_bits`;
+    or to nearest keeping the residual ``weight - param`` in `compensation` (Kahan)."""
+    if weight is param:
+        return
+    if random_bits is not None:
+        param.copy_(stochastic_round(weight.float(), random_bits, param.dtype))
+    elif compensation is not None:
+        stored = weight.to(param.dtype)
+        compensation.copy_(weight - stored)  # in fp32, exact; then rounded to the buffer's dtype
+        param.copy_(stored)
+    else:
+        param.copy_(weight)
+
+
+def store_weights_foreach_(params, weights, compensations=None, random_bits=None) -> None:
+    """`store_weight_` on lists of one dtype (`compensations` and `random_bits`: lists, or None for none)."""
+    if weights[0] is params[0]:
+        return
+    if random_bits is not None:
+        rounded = [stochastic_round(w.float(), r, p.dtype) for p, w, r in zip(params, weights, random_bits)]
+        torch._foreach_copy_(params, rounded)
+    elif compensations is not None:
+        torch._foreach_copy_(params, weights)
+        torch._foreach_copy_(compensations, torch._foreach_sub(weights, [p.to(weights[0].dtype) for p in params]))
+    else:
+        torch._foreach_copy_(params, weights)
+
+
 def lion_step_tensor_(
     param, grad, exp_avg, step_size, update_weight, momentum_weight, decay, *, cautious=False,
-    skip_nonfinite: bool = False,
+    skip_nonfinite: bool = False, compensation=None, random_bits=None,
 ) -> torch.Tensor | None:
-    """`lion_update_` on one tensor, computed in `compute_dtype` and rounded once into the storage.
+    """`lion_update_` on one tensor, computed in `compute_dtype` and stored by `store_weight_`
+    (`compensation`: the Kahan buffer; `random_bits`: draws for stochastic rounding; neither: nearest).
 
     With `skip_nonfinite`, runs `lion_update_finite_` and returns its mask of finite gradient
     elements; else returns None.
     """
     dtype = compute_dtype(param, exp_avg)
-    param_c, exp_avg_c = param.to(dtype), exp_avg.to(dtype)
+    param_c, exp_avg_c = weight_in(param, compensation, dtype), exp_avg.to(dtype)
     rule = lion_update_
     if skip_nonfinite:  # the masked scalars become tensors: give them the compute dtype, as a scalar operand has
         step_size, decay = (torch.as_tensor(value, dtype=dtype, device=param.device) for value in (step_size, decay))
@@ -199,8 +296,7 @@ def lion_step_tensor_(
         TENSOR_OPS, param_c, grad.to(dtype), exp_avg_c, step_size, update_weight, momentum_weight, decay,
         cautious=cautious,
     )
-    if param_c is not param:
-        param.copy_(param_c)
+    store_weight_(param, param_c, compensation, random_bits)
     if exp_avg_c is not exp_avg:
         exp_avg.copy_(exp_avg_c)
     return finite
@@ -225,15 +321,20 @@ def foreach_chunks(params: list[torch.Tensor]) -> list[slice]:
     return chunks
 
 
-def lion_step_foreach_(params, grads, exp_avgs, step_size, update_weight, momentum_weight, decay, *, cautious=False) -> None:
+def lion_step_foreach_(params, grads, exp_avgs, step_size, update_weight, momentum_weight, decay, *, cautious=False,
+                       compensations=None, random_bits=None) -> None:
     """`lion_update_` on lists of tensors sharing device and dtypes, in `compute_dtype` like
     `lion_step_tensor_`, a chunk (`foreach_chunks`) at a time; `step_size` is one number, or a list
-    of one per tensor (cautious step sizes)."""
+    of one per tensor (cautious step sizes). `compensations`, `random_bits`: lists like `params`, or None."""
     if not params:
         return
     dtype = compute_dtype(params[0], exp_avgs[0])
     for chunk in foreach_chunks(params):
-        params_c = [p.to(dtype) for p in params[chunk]]
+        chunk_compensations = compensations[chunk] if compensations is not None else None
+        if chunk_compensations is not None:
+            params_c = torch._foreach_add([p.to(dtype) for p in params[chunk]], [c.to(dtype) for c in chunk_compensations])
+        else:
+            params_c = [p.to(dtype) for p in params[chunk]]
         exp_avgs_c = [m.to(dtype) for m in exp_avgs[chunk]]
         grads_c = [g.to(dtype) for g in grads[chunk]]
         chunk_step_size = step_size[chunk] if isinstance(step_size, list) else step_size
@@ -241,8 +342,9 @@ def lion_step_foreach_(params, grads, exp_avgs, step_size, update_weight, moment
             FOREACH_OPS, params_c, grads_c, exp_avgs_c, chunk_step_size, update_weight, momentum_weight, decay,
             cautious=cautious,
         )
-        if params_c[0] is not params[chunk][0]:
-            torch._foreach_copy_(params[chunk], params_c)
+        store_weights_foreach_(
+            params[chunk], params_c, chunk_compensations, random_bits[chunk] if random_bits is not None else None
+        )
         if exp_avgs_c[0] is not exp_avgs[chunk][0]:
             torch._foreach_copy_(exp_avgs[chunk], exp_avgs_c)
 
@@ -254,17 +356,27 @@ def uses_foreach(foreach: bool | None, device_type: str) -> bool:
 
 
 def lion_step_unfused_(
-    params, grads, exp_avgs, coefficients: LionCoefficients, *, foreach: bool, cautious: bool = False, step_sizes=None
+    params, grads, exp_avgs, coefficients: LionCoefficients, *, foreach: bool, cautious: bool = False, step_sizes=None,
+    compensations=None, draw=None,
 ) -> None:
     """One step of lists of tensors sharing device and dtypes: `lion_step_foreach_` on all of them,
     or `lion_step_tensor_` on each. `step_sizes`: one per tensor (cautious step sizes) in place of
-    `coefficients.step_size`."""
+    `coefficients.step_size`. `compensations`: the Kahan buffers (a list like `params`) or None;
+    `draw(param)`: stochastic rounding's random bits for `param`, called in the order of `params`, or None."""
     _, update_weight, momentum_weight, decay = coefficients.scalars()
     if step_sizes is None:
         step_sizes = [coefficients.step_size] * len(params)
     if foreach:
         step_size = step_sizes if cautious else coefficients.step_size
-        lion_step_foreach_(params, grads, exp_avgs, step_size, update_weight, momentum_weight, decay, cautious=cautious)
+        random_bits = [draw(param) for param in params] if draw is not None else None
+        lion_step_foreach_(
+            params, grads, exp_avgs, step_size, update_weight, momentum_weight, decay, cautious=cautious,
+            compensations=compensations, random_bits=random_bits,
+        )
         return
-    for param, grad, exp_avg, step_size in zip(params, grads, exp_avgs, step_sizes):
-        lion_step_tensor_(param, grad, exp_avg, step_size, update_weight, momentum_weight, decay, cautious=cautious)
+    for index, (param, grad, exp_avg, step_size) in enumerate(zip(params, grads, exp_avgs, step_sizes)):
+        lion_step_tensor_(
+            param, grad, exp_avg, step_size, update_weight, momentum_weight, decay, cautious=cautious,
+            compensation=compensations[index] if compensations is not None else None,
+            random_bits=draw(param) if draw is not None else None,
+        )

@@ -16,6 +16,8 @@ import torch
 from .sharding import local_shard
 
 __all__ = [
+    "COMPENSATION",
+    "check_saved_compensation",
     "MomentumDecoder",
     "FOREIGN_STATE_KEYS",
     "check_momentum",
@@ -37,6 +39,10 @@ FOREIGN_STATE_KEYS = {
     "momentum_buffer": "SGD", "square_avg": "RMSprop", "sum": "Adagrad", "acc_delta": "Adadelta",
     "mu_product": "NAdam",
 }
+
+
+# State key of the Kahan compensation buffer of a bf16/fp16 parameter (`rule.store_weight_`).
+COMPENSATION = "kahan_comp"
 
 
 def register_momentum_decoder(decoder: MomentumDecoder) -> None:
@@ -83,9 +89,11 @@ def check_saved_groups(state_dict: Any, param_groups: list[dict[str, Any]]) -> l
 
 def check_state_keys(owner: str, label: str, entry: Any, layouts: tuple[tuple[str, ...], ...]) -> None:
     """ValueError naming what differs unless the saved state `entry` of a parameter (`label`) holds
-    exactly the keys of one of `layouts`: `owner`'s forms of state."""
+    exactly the keys of one of `layouts`: `owner`'s forms of state (a Kahan buffer, ``kahan_comp``,
+    may come with any of them: see `check_saved_compensation`)."""
     if not isinstance(entry, dict):
         raise ValueError(f"Invalid state_dict: state of {label} is a {type(entry).__name__}, not a dict")
+    entry = {key: value for key, value in entry.items() if key != COMPENSATION}
     if any(set(entry) == set(keys) for keys in layouts):
         return
     closest = max(layouts, key=lambda keys: len(set(keys) & set(entry)))
@@ -123,3 +131,20 @@ def check_momentum(exp_avg: Any, param: torch.Tensor, label: str) -> torch.Tenso
             f"{local.dtype}); such momentum would freeze the parameter"
         )
     return exp_avg
+
+
+def check_saved_compensation(entry: dict[str, Any], param: torch.Tensor, label: str) -> None:
+    """ValueError naming the parameter (`label`) when a saved Kahan buffer does not fit `param`: a
+    finite floating tensor of its shape (a missing one is created as zeros at the next step)."""
+    compensation = entry.get(COMPENSATION)
+    if compensation is None:
+        return
+    if not isinstance(compensation, torch.Tensor) or not compensation.is_floating_point():
+        raise ValueError(f"Invalid state_dict: {COMPENSATION!r} of {label} is not a floating tensor")
+    if compensation.shape != param.shape:
+        raise ValueError(
+            f"Invalid state_dict: {COMPENSATION!r} of {label} has shape {tuple(compensation.shape)}, "
+            f"the parameter has shape {tuple(param.shape)}"
+        )
+    if not bool(torch.isfinite(local_shard(compensation)).all()):
+        raise ValueError(f"Invalid state_dict: {COMPENSATION!r} of {label} holds NaN or inf values")

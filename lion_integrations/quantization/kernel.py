@@ -13,7 +13,8 @@ give up the per-block loop.
 
 On x86-64 CPUs with AVX-512, the fused path steps fp32 parameters with `simd`'s kernel instead:
 the same pass, with the rule generated from `rule.py` and the codec's tables, and the same results
-as the eager step, bit for bit (Inductor's lerp rounds differently, by an ulp at times).
+as the eager step, bit for bit (Inductor's lerp rounds differently, by an ulp at times). bf16/fp16
+parameters take it through an fp32 copy of their weight, stored back by `rule.store_weight_`.
 
 Every path runs `rule.lion_update_finite_`: a NaN or inf gradient element leaves its parameter and
 momentum as they were, so a block's absmax never becomes NaN; each path also counts those elements.
@@ -27,7 +28,7 @@ import functools
 import torch
 
 from ..fused import INDUCTOR_OPTIONS, compiled_unavailable_reason, dtype_key, function_copy, run_compiled
-from ..rule import LionCoefficients, compute_dtype, lion_step_tensor_
+from ..rule import LOW_PRECISION_DTYPES, LionCoefficients, compute_dtype, lion_step_tensor_, store_weight_, weight_in
 from . import simd
 from .codec import (
     CODES_DTYPE,
@@ -48,7 +49,8 @@ WORKSPACE_BYTES = 1 << 24
 
 
 def quantized_lion_step_(
-    param, grad, codes, absmax, new_codes, step_size, update_weight, momentum_weight, decay, *, bits, cautious=False
+    param, grad, codes, absmax, new_codes, step_size, update_weight, momentum_weight, decay, *, bits, cautious=False,
+    compensation=None, random_bits=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step on blocks: `param`, `grad` (..., L); `codes`, `new_codes` (..., L or L/2); `absmax` (...).
 
@@ -56,19 +58,28 @@ def quantized_lion_step_(
     when run eagerly) and returns its absmax and the number of non-finite gradient elements of each
     block (skipped, see `rule.lion_update_finite_`). For 4 bits, `param` and `grad` are pairs of
     halves (..., L/2), the elements of the low and of the high nibbles, so that every loop runs over bytes.
-    `cautious`: the masked rule, with `step_size` the parameter's cautious step size.
+    `cautious`: the masked rule, with `step_size` the parameter's cautious step size. `compensation`
+    (the Kahan buffer) and `random_bits` (stochastic rounding's draws) are laid out like `param`, or
+    None (`rule.store_weight_`).
     """
     scalars = (step_size, update_weight, momentum_weight, decay)
     if bits == 4:
         exp_avgs = decode_nibbles(codes, absmax)
         skipped = 0
-        for param_half, grad_half, exp_avg in zip(param, grad, exp_avgs):
-            finite = lion_step_tensor_(param_half, grad_half, exp_avg, *scalars, cautious=cautious, skip_nonfinite=True)
+        for half, (param_half, grad_half, exp_avg) in enumerate(zip(param, grad, exp_avgs)):
+            finite = lion_step_tensor_(
+                param_half, grad_half, exp_avg, *scalars, cautious=cautious, skip_nonfinite=True,
+                compensation=compensation[half] if compensation is not None else None,
+                random_bits=random_bits[half] if random_bits is not None else None,
+            )
             skipped = skipped + (~finite).sum(-1, dtype=torch.int32)
         encoded, new_absmax = encode_nibbles(*exp_avgs)
     else:
         exp_avg = decode_blocks(codes, absmax, bits)
-        finite = lion_step_tensor_(param, grad, exp_avg, *scalars, cautious=cautious, skip_nonfinite=True)
+        finite = lion_step_tensor_(
+            param, grad, exp_avg, *scalars, cautious=cautious, skip_nonfinite=True, compensation=compensation,
+            random_bits=random_bits,
+        )
         skipped = (~finite).sum(-1, dtype=torch.int32)
         encoded, new_absmax = encode_blocks(exp_avg, bits)
     new_codes.copy_(encoded)
@@ -77,41 +88,43 @@ def quantized_lion_step_(
 
 # One function per (bits, part, cautious) so that each has its own code object, hence its own Dynamo
 # cache: full blocks (rows, n, block_size) and a row's short last block (rows, 1, t) are different graphs.
-def _step8_full(param, grad, codes, absmax, new_codes, scalars):
-    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), bits=8)
+# `compensation` and `random_bits` (None, or as `param`: pairs of halves for 4 bits) select the bf16/fp16
+# weight store; Dynamo keeps one graph per store.
+def _step8_full(param, grad, codes, absmax, new_codes, scalars, compensation=None, random_bits=None):
+    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, bits=8)
 
 
-def _step8_tail(param, grad, codes, absmax, new_codes, scalars):
-    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), bits=8)
+def _step8_tail(param, grad, codes, absmax, new_codes, scalars, compensation=None, random_bits=None):
+    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, bits=8)
 
 
-def _step4_full(param_low, param_high, grad_low, grad_high, codes, absmax, new_codes, scalars):
+def _step4_full(param_low, param_high, grad_low, grad_high, codes, absmax, new_codes, scalars, compensation=None, random_bits=None):
     return quantized_lion_step_(
-        (param_low, param_high), (grad_low, grad_high), codes, absmax, new_codes, *scalars.unbind(), bits=4)
+        (param_low, param_high), (grad_low, grad_high), codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, bits=4)
 
 
-def _step4_tail(param_low, param_high, grad_low, grad_high, codes, absmax, new_codes, scalars):
+def _step4_tail(param_low, param_high, grad_low, grad_high, codes, absmax, new_codes, scalars, compensation=None, random_bits=None):
     return quantized_lion_step_(
-        (param_low, param_high), (grad_low, grad_high), codes, absmax, new_codes, *scalars.unbind(), bits=4)
+        (param_low, param_high), (grad_low, grad_high), codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, bits=4)
 
 
-def _cautious_step8_full(param, grad, codes, absmax, new_codes, scalars):
-    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), bits=8, cautious=True)
+def _cautious_step8_full(param, grad, codes, absmax, new_codes, scalars, compensation=None, random_bits=None):
+    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, bits=8, cautious=True)
 
 
-def _cautious_step8_tail(param, grad, codes, absmax, new_codes, scalars):
-    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), bits=8, cautious=True)
+def _cautious_step8_tail(param, grad, codes, absmax, new_codes, scalars, compensation=None, random_bits=None):
+    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, bits=8, cautious=True)
 
 
-def _cautious_step4_full(param_low, param_high, grad_low, grad_high, codes, absmax, new_codes, scalars):
+def _cautious_step4_full(param_low, param_high, grad_low, grad_high, codes, absmax, new_codes, scalars, compensation=None, random_bits=None):
     return quantized_lion_step_(
-        (param_low, param_high), (grad_low, grad_high), codes, absmax, new_codes, *scalars.unbind(), bits=4,
+        (param_low, param_high), (grad_low, grad_high), codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, bits=4,
         cautious=True)
 
 
-def _cautious_step4_tail(param_low, param_high, grad_low, grad_high, codes, absmax, new_codes, scalars):
+def _cautious_step4_tail(param_low, param_high, grad_low, grad_high, codes, absmax, new_codes, scalars, compensation=None, random_bits=None):
     return quantized_lion_step_(
-        (param_low, param_high), (grad_low, grad_high), codes, absmax, new_codes, *scalars.unbind(), bits=4,
+        (param_low, param_high), (grad_low, grad_high), codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, bits=4,
         cautious=True)
 
 
@@ -149,38 +162,54 @@ def _row_slices(rows: int, bytes_per_row: int, fused: bool):
     return [(start, min(rows, start + step)) for start in range(0, rows, step)]
 
 
-def step_quantized_param_(param, grad, codes, absmax, coefficients, *, bits, block_size, fused, cautious=False):
+def step_quantized_param_(param, grad, codes, absmax, coefficients, *, bits, block_size, fused, cautious=False,
+                          compensation=None, draw=None):
     """Step one parameter (or local shard) whose momentum is `codes`/`absmax` in the row layout;
     returns how many of its gradient elements were non-finite (skipped)."""
     return step_quantized_params_(
-        [(param, grad, codes, absmax)], coefficients, bits=bits, block_size=block_size, fused=fused, cautious=cautious
+        [(param, grad, codes, absmax, compensation, draw)], coefficients, bits=bits, block_size=block_size,
+        fused=fused, cautious=cautious,
     )[0]
 
 
 def step_quantized_params_(
     items, coefficients: LionCoefficients, *, bits: int, block_size: int, fused: bool, cautious: bool = False
 ) -> list:
-    """Step parameters of one param group on one device: `items` are (param, grad, codes, absmax).
+    """Step parameters of one param group on one device: `items` are (param, grad, codes, absmax) or
+    (param, grad, codes, absmax, compensation, draw), with the Kahan buffer or None, and None or
+    `draw(param)` giving stochastic rounding's random bits (called in the order of `items`).
 
-    Fused, fp32 parameters on a CPU with AVX-512 run `simd`'s kernel, all in one call; the others
-    the compiled step, one call per block shape (not fused: the eager step). `cautious`: the
+    Fused, fp32 parameters on a CPU with AVX-512 run `simd`'s kernel, all in one call, and bf16/fp16
+    ones too, through an fp32 copy (`_step_fp32_copy_`); the others the compiled step, one call per
+    block shape (not fused: the eager step). `cautious`: the
     masked rule, `coefficients.step_size` being the cautious step size of every item. Returns, per
     item, how many gradient elements were non-finite and skipped (an int, or a 0-dim tensor).
     """
     kernel_tensors, kernel_items, write_back, scalars = ([], [], [], []), [], [], {}
     skipped: list = [0] * len(items)
-    for position, (param, grad, codes, absmax) in enumerate(items):
+    for position, (param, grad, codes, absmax, *store) in enumerate(items):
+        compensation, draw = store if store else (None, None)
         rows = absmax.shape[0]
         if param.numel() == 0 or rows == 0:
+            continue
+        if fused and (draw is not None or param.dtype in LOW_PRECISION_DTYPES and simd.applies(param.float(), grad.float())):
+            skipped[position] = _step_fp32_copy_(
+                param, grad, codes, absmax, coefficients, compensation, draw, bits, block_size, cautious
+            )
             continue
         # Plain tensors sharing the storage (views of a leaf that requires grad trip autograd checks
         # in compiled code); non-contiguous ones are stepped in a contiguous copy written back after.
         param, grad, codes, absmax = param.detach(), grad.detach(), codes.detach(), absmax.detach()
-        stepped = [tensor if tensor.is_contiguous() else tensor.contiguous() for tensor in (param, codes, absmax)]
-        write_back += [(work, original) for work, original in zip(stepped, (param, codes, absmax)) if work is not original]
-        work_param, work_codes, work_absmax = stepped
+        originals = [tensor for tensor in (param, codes, absmax, compensation) if tensor is not None]
+        stepped = [tensor if tensor.is_contiguous() else tensor.contiguous() for tensor in originals]
+        write_back += [(work, original) for work, original in zip(stepped, originals) if work is not original]
+        work_param, work_codes, work_absmax = stepped[:3]
         as_rows = (work_param.view(rows, -1), grad.contiguous().view(rows, -1), work_codes.view(rows, -1), work_absmax)
-        if fused and simd.applies(param, grad):
+        store_rows = (
+            stepped[3].view(rows, -1) if compensation is not None else None,
+            draw(param).view(rows, -1) if draw is not None else None,
+        )
+        if fused and simd.applies(param, grad) and store_rows == (None, None):
             for bucket, tensor in zip(kernel_tensors, as_rows):
                 bucket.append(tensor)
             kernel_items.append(position)
@@ -189,7 +218,7 @@ def step_quantized_params_(
         if fused and dtype not in scalars:
             scalars[dtype] = coefficients.as_tensor(param.device, dtype)
         skipped[position] = _step_blocks_(
-            *as_rows, coefficients, bits, block_size, fused, scalars.get(dtype), cautious
+            *as_rows, coefficients, bits, block_size, fused, scalars.get(dtype), cautious, *store_rows
         )
     if kernel_tensors[0]:
         counts = simd.step_(*kernel_tensors, coefficients, bits=bits, block_size=block_size, cautious=cautious)
@@ -200,43 +229,83 @@ def step_quantized_params_(
     return skipped
 
 
+def _step_fp32_copy_(param, grad, codes, absmax, coefficients, compensation, draw, bits, block_size, cautious):
+    """The fused step of a bf16/fp16 parameter through its fp32 weight (`rule.weight_in`, a copy),
+    stepped by the AVX-512 kernel where it applies (else compiled) and stored back with
+    `rule.store_weight_`: the eager step's arithmetic and draws, bit for bit. Taken on CPUs with the
+    kernel, and for stochastic rounding everywhere (Inductor fails to compile its bit arithmetic into
+    the per-block loop). Returns the skipped (non-finite) gradient elements."""
+    random_bits = draw(param) if draw is not None else None
+    weight = weight_in(param.detach(), compensation).contiguous()
+    if weight.data_ptr() == param.data_ptr():
+        weight = weight.clone()
+    (skipped,) = step_quantized_params_(
+        [(weight, grad.float(), codes, absmax)], coefficients, bits=bits, block_size=block_size, fused=True,
+        cautious=cautious,
+    )
+    store_weight_(param.detach(), weight, compensation, random_bits)
+    return skipped
+
+
 def _step_blocks_(param_rows, grad_rows, codes_rows, absmax, coefficients, bits, block_size, fused, scalars,
-                  cautious=False):
+                  cautious=False, compensation_rows=None, random_bits_rows=None):
     """`quantized_lion_step_` over the block views of 2-D rows: compiled (fused, with the step's
-    scalars as one tensor) or eagerly. Returns the number of skipped (non-finite) gradient elements."""
+    scalars as one tensor) or eagerly. `compensation_rows`, `random_bits_rows`: as `param_rows`, or
+    None. Returns the number of skipped (non-finite) gradient elements."""
     if fused:
         torch._dynamo.mark_static(scalars)  # its 4 is a constant, not a size shared with blocks
         key = dtype_key(param_rows, grad_rows)
+        if compensation_rows is not None or random_bits_rows is not None:
+            key += "_kahan" if compensation_rows is not None else "_stochastic"
+
+    def value_parts(rows, start, stop):
+        if rows is None:
+            return [None, None]
+        return [part for part, _, _ in block_views(
+            rows[start:stop], codes_rows[start:stop], absmax[start:stop], bits, block_size)]
+
     skipped = 0
     for start, stop in _row_slices(absmax.shape[0], codes_rows.shape[1], fused):
         parts = block_views(param_rows[start:stop], codes_rows[start:stop], absmax[start:stop], bits, block_size)
-        grad_parts = block_views(grad_rows[start:stop], codes_rows[start:stop], absmax[start:stop], bits, block_size)
-        for name, (part_param, part_codes, part_absmax), (part_grad, _, _) in zip(("full", "tail"), parts, grad_parts):
+        grad_parts = value_parts(grad_rows, start, stop)
+        compensation_parts = value_parts(compensation_rows, start, stop)
+        random_bits_parts = value_parts(random_bits_rows, start, stop)
+        for name, (part_param, part_codes, part_absmax), part_grad, part_compensation, part_random_bits in zip(
+            ("full", "tail"), parts, grad_parts, compensation_parts, random_bits_parts
+        ):
             if part_param.numel() == 0:
                 continue
-            target = part_param
+            targets = (part_param, part_compensation)
             if bits == 4 and part_param.shape[-1] % 2:  # a short block of odd length: a copy padded to whole bytes
-                part_param, part_grad = padded_to_whole_bytes(part_param), padded_to_whole_bytes(part_grad)
-            stepped = part_param
+                part_param, part_grad, part_compensation, part_random_bits = (
+                    padded_to_whole_bytes(t) if t is not None else None
+                    for t in (part_param, part_grad, part_compensation, part_random_bits)
+                )
+            stepped = (part_param, part_compensation)
             if bits == 4:  # as the elements of the low and of the high nibbles
-                part_param, part_grad = part_param.chunk(2, dim=-1), part_grad.chunk(2, dim=-1)
+                part_param, part_grad, part_compensation, part_random_bits = (
+                    t.chunk(2, dim=-1) if t is not None else None
+                    for t in (part_param, part_grad, part_compensation, part_random_bits)
+                )
             if fused:
                 new_codes = _workspace_like(part_codes)
                 tensors = (*part_param, *part_grad) if bits == 4 else (part_param, part_grad)
                 new_absmax, part_skipped = run_compiled(
                     compiled_quantized_step(bits, name, cautious, key), _STEPS[bits, name, cautious],
                     f"{bits}-bit {name} blocks of {key}", *tensors, part_codes, part_absmax, new_codes, scalars,
+                    part_compensation, part_random_bits,
                 )
                 part_codes.copy_(new_codes)
             else:
                 new_absmax, part_skipped = quantized_lion_step_(
                     part_param, part_grad, part_codes, part_absmax, part_codes, *coefficients.scalars(), bits=bits,
-                    cautious=cautious,
+                    cautious=cautious, compensation=part_compensation, random_bits=part_random_bits,
                 )
             part_absmax.copy_(new_absmax)
             skipped = skipped + part_skipped.sum()
-            if stepped is not target:
-                target.copy_(stepped[..., : target.shape[-1]])
+            for work, target in zip(stepped, targets):
+                if work is not target:
+                    target.copy_(work[..., : target.shape[-1]])
     return skipped
 
 

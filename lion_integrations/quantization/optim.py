@@ -20,7 +20,7 @@ from ..cautious import cautious_step_sizes
 from ..optimizer import Lion, fallback_path, param_description
 from ..rule import LionCoefficients, kept_count
 from ..sharding import DTensor, Replicate, Shard, local_shard
-from ..state import check_momentum, check_state_keys, decoded_entry
+from ..state import check_momentum, check_saved_compensation, check_state_keys, decoded_entry
 from .codec import (
     ABSMAX_DTYPE,
     CODES_DTYPE,
@@ -229,8 +229,9 @@ class QuantizedLion(Lion):
         for index, param, grad, state in items:
             if CODES in state:
                 local_param = local_shard(param)
+                compensation, draw = self.weight_store_of(param, group, state)
                 quantized.setdefault(local_param.device, []).append(
-                    (local_param, grad, local_shard(state[CODES]), local_shard(state[ABSMAX]))
+                    (local_param, grad, local_shard(state[CODES]), local_shard(state[ABSMAX]), compensation, draw)
                 )
                 sources.setdefault(local_param.device, []).append(param)
                 names.setdefault(local_param.device, []).append(param_description(group, group_index, index))
@@ -254,7 +255,7 @@ class QuantizedLion(Lion):
         full precision once), then step each with its own step size. Returns the skipped counts."""
         counts = [
             kept_count(grad, dequantize_blockwise(codes, absmax, param.shape, **codec), coefficients.update_weight)
-            for items in quantized.values() for param, grad, codes, absmax in items
+            for items in quantized.values() for param, grad, codes, absmax, *_ in items
         ]
         params = [param for device in quantized for param in sources[device]]
         step_sizes = iter(cautious_step_sizes(params, counts, coefficients.step_size))
@@ -291,11 +292,13 @@ class QuantizedLion(Lion):
             check_state_keys(type(self).__name__, label, entry, ((CODES, ABSMAX),))
             codes, absmax = entry[CODES], entry[ABSMAX]
             check_quantized_shapes(label, param, codes, absmax, bits, block_size)
+            check_saved_compensation(entry, param, label)
             codes, absmax = _placed_like(param, codes), _placed_like(param, absmax)
             return entry, {CODES: codes, ABSMAX: absmax.to(ABSMAX_DTYPE)}
         entry = decoded_entry(param, entry, saved_group, label)  # e.g. bitsandbytes' -> exp_avg
         check_state_keys(type(self).__name__, label, entry, (("exp_avg",), (CODES, ABSMAX)))
         exp_avg = check_momentum(entry["exp_avg"], param, label)
+        check_saved_compensation(entry, param, label)
         codes, absmax = encode_momentum(param, exp_avg.float(), bits, block_size)
         rest = {k: v for k, v in entry.items() if k != "exp_avg"}
         return rest, {CODES: codes, ABSMAX: absmax}
@@ -321,8 +324,10 @@ class Lion8bit(QuantizedLion):
     DeepSpeed ZeRO's flat partitions (`QuantizedLion.is_flat_buffer`) are quantized as one row.
 
     Args:
-        params, lr, betas, weight_decay, maximize, foreach, fused, momentum_dtype: as for `Lion`
-            (`momentum_dtype` applies to the full-precision ``exp_avg`` of small parameters).
+        params, lr, betas, weight_decay, maximize, foreach, fused, momentum_dtype, kahan_sum,
+            stochastic_rounding, generator: as for `Lion` (`momentum_dtype` applies to the
+            full-precision ``exp_avg`` of small parameters; the AVX-512 kernel steps bf16/fp16
+            parameters through an fp32 copy of their weight, see `kernel`).
         block_size: elements per absmax block (default 256).
         min_quantized_size: parameters with fewer elements (counted over the whole parameter, not a
             shard) keep full-precision momentum (default 4096).

@@ -29,7 +29,16 @@ import torch.distributed as dist
 
 from ..checks import check_bool, check_choice
 from ..optimizer import Lion, closure_loss, finite_flags, param_description
-from ..rule import TENSOR_OPS, LionCoefficients, cautious_step_size, lion_apply_, lion_direction, lion_momentum_
+from ..rule import (
+    TENSOR_OPS,
+    LionCoefficients,
+    cautious_step_size,
+    lion_apply_,
+    lion_direction,
+    lion_momentum_,
+    store_weight_,
+    weight_in,
+)
 from ..sharding import DTensor
 from .ballots import COLLECTIVES, all_gather_rows, choose_collective, exchange_ballots
 from .ddp import LOCAL_GRADIENT_PARAMS, skip_allreduce_when_wrapped
@@ -58,7 +67,9 @@ class SignVoteLion(Lion):
     group it is `Lion`, one rank voting.
 
     Args:
-        params, lr, betas, weight_decay, maximize, momentum_dtype, cautious: as for `Lion`.
+        params, lr, betas, weight_decay, maximize, momentum_dtype, cautious, kahan_sum: as for `Lion`
+            (bf16/fp16 weights keep a Kahan buffer by default; stochastic rounding is refused: the
+            ranks' draws would differ and the replicas drift apart).
         nonfinite: "skip" only: a gradient element that is NaN or inf abstains (ballot 0) and keeps its
             momentum, with `Lion`'s warning and count ("raise" would leave the other ranks waiting).
         vote: 'majority' (sign of the sum of the ballots; ties give 0) or 'average' (their mean).
@@ -87,6 +98,7 @@ class SignVoteLion(Lion):
         maximize: bool = False,
         momentum_dtype: torch.dtype | str | None = None,
         nonfinite: str = "skip",
+        kahan_sum: bool | None = None,
         process_group: Any = None,
         skip_ddp_allreduce: bool = True,
     ) -> None:
@@ -101,7 +113,7 @@ class SignVoteLion(Lion):
         super().__init__(
             params, lr, betas, weight_decay,
             maximize=maximize, foreach=False, fused=False, momentum_dtype=momentum_dtype, cautious=cautious,
-            nonfinite=nonfinite,
+            nonfinite=nonfinite, kahan_sum=kahan_sum,
         )
         self.vote, self.collective, self.process_group = vote, collective, process_group
         self._checked_first_step = False
@@ -119,6 +131,11 @@ class SignVoteLion(Lion):
                     "Invalid params: SignVoteLion votes on replicated parameters (DDP); a DTensor (FSDP2, "
                     "tensor parallel) is sharded, and its gradients are already reduced: use Lion"
                 )
+        if param_group.get("stochastic_rounding"):
+            raise ValueError(
+                "Invalid stochastic_rounding=True for SignVoteLion: each rank would draw its own rounding and "
+                "the replicas drift apart; use kahan_sum (deterministic) for bf16/fp16 weights"
+            )
         super().add_param_group(param_group)
 
     # --- The world that votes. ------------------------------------------------------------------
@@ -202,10 +219,12 @@ class SignVoteLion(Lion):
         step_size = coefficients.step_size
         if group["cautious"]:
             step_size = cautious_step_size(step_size, int(torch.count_nonzero(direction)), direction.numel())
-        param32 = param.float()
-        lion_apply_(TENSOR_OPS, param32, direction.view_as(param32), step_size, coefficients.decay)
-        if param32 is not param:
-            param.copy_(param32)
+        state = self.state[param]
+        self.init_compensation(param, state, group)
+        compensation, _ = self.weight_store_of(param, group, state)
+        weight = weight_in(param, compensation)
+        lion_apply_(TENSOR_OPS, weight, direction.view_as(weight), step_size, coefficients.decay)
+        store_weight_(param, weight, compensation)
 
     def _check_first_step(self) -> None:
         """Raise if the ranks' parameters differ (the vote would keep them apart); warn if some
