@@ -94,7 +94,7 @@ _STORE_STEPS = {"kahan": _kahan_step_with_scalars_, "stochastic": _stochastic_st
 
 
 @functools.lru_cache(maxsize=None)
-def compiled_step(key: str = "float32_float32_float32"):
+def compiled_step(key: str):
     """The compiled kernel for the dtypes `key` (`dtype_key` of parameter, gradient, momentum), built
     once per process and key (Inductor caches the code on disk across runs)."""
     return torch.compile(
@@ -103,7 +103,7 @@ def compiled_step(key: str = "float32_float32_float32"):
 
 
 @functools.lru_cache(maxsize=None)
-def compiled_cautious_step(key: str = "float32_float32_float32"):
+def compiled_cautious_step(key: str):
     """The compiled kernel of the cautious rule for the dtypes `key`, built on first use."""
     return torch.compile(
         function_copy(_cautious_step_with_scalars_, key), fullgraph=True, dynamic=True, options=INDUCTOR_OPTIONS
@@ -188,6 +188,7 @@ def fused_unavailable_reason(device_type: str) -> str | None:
 
     def probe() -> None:
         tensors = [torch.zeros(8, device=device_type) for _ in range(3)]
-        compiled_step()(*tensors, LionCoefficients(0.0, 0.0, 0.0, 1.0).as_tensor(tensors[0].device))
+        # The key the step itself passes, so that the probe compiles the function the step runs.
+        compiled_step(dtype_key(*tensors))(*tensors, LionCoefficients(0.0, 0.0, 0.0, 1.0).as_tensor(tensors[0].device))
 
     return compiled_unavailable_reason(device_type, probe)
