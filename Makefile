@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch; a bare `torch` would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast gpu-check bench bench-full clean
+.PHONY: setup demo test test-all gpu-check bench bench-full clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,13 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) recipes/demo.py
 
+# Every feature keeps a case here; the long matrices (every engine x variant, 4-process runs) are
+# marked slow and run by test-all.
 test: setup
-	$(PY) -m pytest -ra
-
-test-fast: setup
 	$(PY) -m pytest -ra -m "not slow"
+
+test-all: setup
+	$(PY) -m pytest -ra
 
 # With CUDA: the CUDA-marked tests, the speed benchmarks on the GPU, tests/gpu/*.py and, with 2+ GPUs,
 # a two-process Accelerate run, then one summary table (scripts/gpu_check.py). Without a GPU: says so, exits 0.
