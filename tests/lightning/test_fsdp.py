@@ -26,12 +26,21 @@ CLASS_NAMES = {"lion": "Lion", "lion_q8": "Lion8bit", "lion_q4": "Lion4bit"}
 QUANTIZED_BYTES = {"lion_q8": (1.0, 1.04), "lion_q4": (0.5, 0.54)}
 
 
+@pytest.mark.multiprocess
+def test_model_parallel_strategy_with_lion8bit_from_configure_lion_resumes_exactly(torchrun, tmp_path):
+    check_runs(torchrun, tmp_path, ["lion_q8:configure_lion"])
+
+
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_model_parallel_strategy_with_every_variant_resumes_exactly(torchrun, tmp_path):
-    torchrun(WORKER, ",".join(RUNS), tmp_path / "runs", tmp_path / "report.json")
+    check_runs(torchrun, tmp_path, RUNS)
+
+
+def check_runs(torchrun, tmp_path, runs):
+    torchrun(WORKER, ",".join(runs), tmp_path / "runs", tmp_path / "report.json")
     reports = json.loads((tmp_path / "report.json").read_text())
-    assert sorted(reports) == sorted(RUNS)
+    assert sorted(reports) == sorted(runs)
     for run, report in reports.items():
         variant, _ = run.split(":")
         assert report["optimizer_class"] == report["resumed_optimizer_class"] == CLASS_NAMES[variant], run

@@ -16,7 +16,6 @@ the strategy saves and loads them. tests/gpu/lightning_strategies.py runs the re
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from torch import nn
 
 from deepspeed_zero import full_weights, gathered, measure_state  # noqa: E402  (next to this script)
 from lion_integrations.lightning import LionCallback, configure_lion
-from worker_exit import exit_now  # noqa: E402  (next to this script)
+from worker_exit import exit_now, write_report_on_rank0  # noqa: E402  (next to this script)
 
 torch.set_num_threads(1)
 STEPS, SAVE_AFTER, BATCH = 8, 4, 8
@@ -142,9 +141,7 @@ def main() -> None:
     for item in runs.split(","):
         variant, how = item.split(":")
         report[item] = run(int(stage), variant, how, str(Path(directory) / variant / how))
-    if dist.get_rank() == 0:
-        Path(report_path).write_text(json.dumps(report))
-    dist.barrier()
+    write_report_on_rank0(report_path, report)
 
 
 if __name__ == "__main__":

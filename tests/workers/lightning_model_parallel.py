@@ -14,7 +14,6 @@ uninterrupted run's. Rank 0 writes REPORT.json, {"VARIANT:HOW": ...}: the optimi
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from lion_integrations.lightning import LionCallback, configure_lion
-from worker_exit import exit_now  # noqa: E402  (next to this script)
+from worker_exit import exit_now, write_report_on_rank0  # noqa: E402  (next to this script)
 
 torch.set_num_threads(1)
 STEPS = 8
@@ -134,9 +133,7 @@ def main() -> None:
     for item in runs.split(","):
         variant, how = item.split(":")
         report[item] = run(variant, how, Path(directory) / variant / how)
-    if dist.get_rank() == 0:
-        Path(report_path).write_text(json.dumps(report))
-    dist.barrier()
+    write_report_on_rank0(report_path, report)
 
 
 if __name__ == "__main__":

@@ -11,18 +11,16 @@ REPORT.json.
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 from transformers import Trainer, TrainingArguments
 
 from deepspeed_hf import char_blocks, tiny_gpt2  # noqa: E402  (next to this script)
-from worker_exit import exit_now  # noqa: E402  (next to this script)
+from worker_exit import exit_now, write_report_on_rank0  # noqa: E402  (next to this script)
 
 torch.set_num_threads(1)
 
@@ -60,9 +58,7 @@ def main() -> None:
                       train_dataset=examples)
     resumed.train(resume_from_checkpoint=str(directory / "a" / "checkpoint-4"))
     report["resumed_equals_uninterrupted"] = bool(torch.equal(weights(resumed.model), weights(trainer.model)))
-    if dist.get_rank() == 0:
-        Path(report_path).write_text(json.dumps(report))
-    dist.barrier()
+    write_report_on_rank0(report_path, report)
 
 
 if __name__ == "__main__":

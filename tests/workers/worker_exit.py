@@ -1,7 +1,11 @@
 """Ending worker processes without the interpreter's teardown."""
 
+import json
 import os
 import sys
+from pathlib import Path
+
+import torch.distributed as dist
 
 
 def exit_now(code: int = 0) -> None:
@@ -11,3 +15,10 @@ def exit_now(code: int = 0) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def write_report_on_rank0(report_path, report: dict) -> None:
+    """Rank 0 writes `report` as JSON to `report_path`; every rank then waits for it (a barrier)."""
+    if dist.get_rank() == 0:
+        Path(report_path).write_text(json.dumps(report))
+    dist.barrier()
