@@ -22,7 +22,6 @@ Writes outputs/distributed.md, outputs/distributed.png and the measurements as o
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -39,7 +38,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, markdown_table, mean_and_spread  # noqa: E402
+from common import arguments, machine_line, markdown_table, mean_and_spread, pyplot, save_figure  # noqa: E402
 from convergence import DigitsViT  # noqa: E402
 
 from lion_integrations import Lion  # noqa: E402
@@ -248,10 +247,7 @@ def report_sections(all_results: list[dict]) -> list[str]:
 
 
 def plot(all_results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, (bytes_axis, quality_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
     labels, ratios = [], []
@@ -275,16 +271,12 @@ def plot(all_results: list[dict], path: Path) -> None:
     quality_axis.set_xlabel("digits-vit val loss (mean ± sd over seeds; lower is better)")
     quality_axis.invert_yaxis()
     quality_axis.legend(loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 seeds, 6 epochs, fewer optimizers, 10 timing rounds")
+    parser = arguments(__doc__, "2 seeds, 6 epochs, fewer optimizers, 10 timing rounds")
     parser.add_argument("--world-sizes", type=int, nargs="+", default=list(WORLD_SIZES))
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs"))
     args = parser.parse_args()
     all_results = []
     with tempfile.TemporaryDirectory() as scratch:

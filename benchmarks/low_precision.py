@@ -22,7 +22,6 @@ Writes outputs/low_precision.md and outputs/low_precision.png.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -32,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_line, markdown_table, mean_and_spread  # noqa: E402
+from common import arguments, machine_line, markdown_table, mean_and_spread, pyplot, save_figure  # noqa: E402
 from convergence import CharGPT2, DigitsViT  # noqa: E402
 
 import lion_integrations  # noqa: E402
@@ -116,10 +115,7 @@ def train(task, name: str, dtype: torch.dtype, options: dict, seed: int) -> dict
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 5), sharey=True)
     for axis, (task_name, rows) in zip(axes, results.items()):
@@ -133,15 +129,11 @@ def plot(results: dict, path: Path) -> None:
         axis.set_xlabel("relative gap, %")
         axis.grid(axis="x", alpha=0.3)
     axes[0].invert_yaxis()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1 seed, the convergence benchmark's quick tasks (1 epoch of chars)")
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs"))
+    parser = arguments(__doc__, "1 seed, the convergence benchmark's quick tasks (1 epoch of chars)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     seeds = [0] if args.quick else [0, 1, 2]
