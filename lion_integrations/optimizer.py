@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 from torch.optim import Optimizer
 
+from . import avx512
 from .cautious import cautious_step_sizes
 from .checks import check_bool, check_choice, check_real
 from .fused import fusable, fused_step_, fused_unavailable_reason
@@ -450,7 +451,7 @@ class Lion(Optimizer):
             # Traced into the caller's graph, which a host read would break: the rule itself masks
             # every element; counting and warning need an eager step.
             for group_index, (group, batch) in enumerate(zip(self.param_groups, batches)):
-                self._step_full_precision(group, group_index, batch, None)
+                self._step_full_precision(group, group_index, batch, None, [False] * len(batch[0]))
                 self._step_codec_states(group, group_index, items[group_index])
             return loss
 
@@ -458,14 +459,29 @@ class Lion(Optimizer):
         skipped: list[tuple[str, Any, int]] = []  # (parameter, skipped elements, elements)
         for group_index, group in enumerate(self.param_groups):
             skipped += self._step_codec_states(group, group_index, items[group_index])
-        screened = [group["nonfinite"] == "skip" for group in self.param_groups]  # "raise": checked above
-        flags = finite_flags([grad for screen, batch in zip(screened, batches) if screen for grad in batch[2]])
-        for group_index, (group, batch, screen) in enumerate(zip(self.param_groups, batches, screened)):
-            count = len(batch[0])
-            finite, flags = (flags[:count], flags[count:]) if screen else ([True] * count, flags)
-            skipped += self._step_full_precision(group, group_index, batch, finite)
+        # The AVX-512 kernel finds non-finite elements in its own loop; "raise" groups were checked above.
+        in_kernel = [self.steps_in_kernel(group, batch) for group, batch in zip(self.param_groups, batches)]
+        screened = [
+            [group["nonfinite"] == "skip" and not kernel for kernel in kernels]
+            for group, kernels in zip(self.param_groups, in_kernel)
+        ]
+        flags = iter(finite_flags([
+            grad for screens, batch in zip(screened, batches) for screen, grad in zip(screens, batch[2]) if screen
+        ]))
+        for group_index, (group, batch, screens) in enumerate(zip(self.param_groups, batches, screened)):
+            finite = [next(flags) if screen else True for screen in screens]
+            skipped += self._step_full_precision(group, group_index, batch, finite, in_kernel[group_index])
         self._report_nonfinite(skipped)
         return loss
+
+    def steps_in_kernel(self, group: dict[str, Any], batch) -> list[bool]:
+        """For each param of `batch` (`_full_precision_batch` of `group`), whether the AVX-512 kernel
+        steps it (`avx512.applies`: fp32 on an x86-64 CPU with AVX-512), which it does on the fused path
+        (``fused`` True or None) outside a caller's ``torch.compile``."""
+        _, params, grads, exp_avgs, _ = batch
+        if group["fused"] is False or torch.compiler.is_compiling():
+            return [False] * len(params)
+        return [avx512.applies(param, grad, exp_avg) for param, grad, exp_avg in zip(params, grads, exp_avgs)]
 
     def _raise_on_nonfinite(self) -> None:
         """For groups with ``nonfinite="raise"``: RuntimeError naming every parameter whose gradient
@@ -491,11 +507,14 @@ class Lion(Optimizer):
         Lion8bit); returns, for each, (parameter, skipped non-finite gradient elements, elements)."""
         return []
 
-    def _step_full_precision(self, group: dict[str, Any], group_index: int, batch, finite: list[bool] | None):
-        """Step the params of `batch` (`_full_precision_batch`): those whose gradient is finite
-        (`finite`) bucketed by device and dtypes, each bucket on the path `execution_path` picks;
-        the others (all of them when `finite` is None) with the masked rule. Returns the skipped, as
-        `_step_codec_states`."""
+    def _step_full_precision(
+        self, group: dict[str, Any], group_index: int, batch, finite: list[bool] | None, in_kernel: list[bool]
+    ):
+        """Step the params of `batch` (`_full_precision_batch`): those `in_kernel` (`steps_in_kernel`)
+        in one call of the AVX-512 kernel, which counts non-finite elements itself; the others whose
+        gradient is finite (`finite`) bucketed by device and dtypes, each bucket on the path
+        `execution_path` picks; the rest (all of them when `finite` is None) with the masked rule.
+        Returns the skipped, as `_step_codec_states`."""
         indices, params, grads, exp_avgs, sources = batch
         if not params:
             return []
@@ -505,10 +524,20 @@ class Lion(Optimizer):
         if cautious:
             counts = [kept_count(grad, exp_avg, coefficients.update_weight) for grad, exp_avg in zip(grads, exp_avgs)]
             step_sizes = cautious_step_sizes(sources, counts, coefficients.step_size)
-        skipped = []
+        kernel = [position for position, steps in enumerate(in_kernel) if steps]
+        counts = avx512.step_(
+            [params[i] for i in kernel], [grads[i] for i in kernel], [exp_avgs[i] for i in kernel], coefficients,
+            step_sizes=[step_sizes[i] for i in kernel], cautious=cautious,
+        )
+        skipped = [
+            (param_description(group, group_index, indices[i]), count, params[i].numel())
+            for i, count in zip(kernel, counts) if count
+        ]
         buckets = defaultdict(list)
         stores = [self.weight_store_of(source, group, self.state[source]) for source in sources]
         for position, (param, grad, exp_avg) in enumerate(zip(params, grads, exp_avgs)):
+            if in_kernel[position]:
+                continue
             if finite is None or not finite[position]:
                 own = dataclasses.replace(coefficients, step_size=step_sizes[position])
                 compensation, draw = stores[position]

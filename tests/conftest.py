@@ -1,6 +1,6 @@
 """Shared test fixtures: torch thread count, a private compile cache, 2-process torchrun jobs on gloo.
 
-Fixtures that only some modules want (`one_thread`, `fuse_small_tensors`) are not autouse: a module
+Fixtures that only some modules want (`one_thread`, `fuse_small_tensors`, `without_avx512_kernels`) are not autouse: a module
 asks for them with ``pytestmark = pytest.mark.usefixtures(...)``. Helpers are in tests/helpers/.
 """
 
@@ -60,6 +60,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def turn_off_avx512_kernels(monkeypatch) -> None:
+    """Make the fused path run torch.compile's step, as on CUDA and on CPUs without AVX-512."""
+    from lion_integrations import avx512
+    from lion_integrations.quantization import simd
+
+    monkeypatch.setattr(avx512, "applies", lambda *tensors: False)
+    monkeypatch.setattr(simd, "applies", lambda *tensors: False)
+
+
+@pytest.fixture
+def without_avx512_kernels(monkeypatch):
+    turn_off_avx512_kernels(monkeypatch)
+
+
+@pytest.fixture(autouse=True)
+def fused_compiled_path(request, monkeypatch):
+    """A test parametrized with ``path="fused-compiled"`` (tests/helpers' PATHS) runs the fused path
+    with the AVX-512 kernels off; ``path="fused"`` takes them where this CPU has them."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("path") == "fused-compiled":
+        turn_off_avx512_kernels(monkeypatch)
 
 
 @pytest.fixture

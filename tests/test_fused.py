@@ -14,7 +14,8 @@ import lion_integrations.optimizer as optimizer_module
 from lion_integrations import Lion, Lion8bit
 from tests.helpers.optimizer import make_problem
 
-pytestmark = pytest.mark.usefixtures("fuse_small_tensors")
+# torch.compile's step: the AVX-512 kernel (tests/test_avx512.py) would take fp32 tensors on this CPU.
+pytestmark = pytest.mark.usefixtures("fuse_small_tensors", "without_avx512_kernels")
 
 
 def test_fused_compiles_one_graph_for_all_shapes_and_never_recompiles():

@@ -27,7 +27,7 @@ from torch import nn
 
 import lion_integrations.rule as rule_module
 from lion_integrations import Lion
-from lion_integrations.quantization import codec, simd
+from lion_integrations.quantization import codec
 from tests.helpers.optimizer import PATHS
 from tests.helpers.quantization import CLASSES, decoded_momentum
 from tests.reference import reference_lion_step
@@ -48,12 +48,6 @@ GROUP_SETTINGS = [
 # that keep full-precision momentum.
 LION_SHAPES = [[(17, 9), (9,), ()], [(3, 5, 7), (64, 33)], [(1,), "transposed"]]
 QUANTIZED_SHAPES = [[(64, 96), (9,)], [(48, 130), (3, 5)], [(24, 4, 50), (300,), "transposed"]]
-QUANTIZED_PATHS = {
-    "for-loop": dict(fused=False, foreach=False),
-    "foreach": dict(fused=False, foreach=True),
-    "fused": dict(fused=True),  # the AVX-512 kernel where this CPU has it, else torch.compile
-    "fused-compiled": dict(fused=True),  # torch.compile's step: CUDA, bf16, CPUs without AVX-512
-}
 
 
 def make_groups(shapes, seed=0):
@@ -171,7 +165,8 @@ def test_lion_follows_algorithm_2_step_by_step(path):
     params, groups, settings = make_groups(LION_SHAPES)
     optimizer = Lion(groups, **DEFAULTS, **PATHS[path])
     assert_follows_algorithm_2_step_by_step(optimizer, params, settings)
-    assert all(optimizer.execution_path(group, torch.device("cpu")) == path for group in optimizer.param_groups)
+    expected = "fused" if path.startswith("fused") else path
+    assert all(optimizer.execution_path(group, torch.device("cpu")) == expected for group in optimizer.param_groups)
 
 
 @pytest.mark.parametrize("path", list(PATHS))
@@ -218,13 +213,11 @@ def test_lion_follows_an_independent_float64_run(path):
 
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("bits", [8, 4])
-@pytest.mark.parametrize("path", list(QUANTIZED_PATHS))
-def test_quantized_lion_follows_algorithm_2_from_its_decoded_momentum(bits, path, monkeypatch):
-    if path == "fused-compiled":
-        monkeypatch.setattr(simd, "applies", lambda param, grad: False)
+@pytest.mark.parametrize("path", list(PATHS))
+def test_quantized_lion_follows_algorithm_2_from_its_decoded_momentum(bits, path):
     params, groups, settings = make_groups(QUANTIZED_SHAPES)
     groups[1]["block_size"] = 64
-    optimizer = CLASSES[bits](groups, **DEFAULTS, min_quantized_size=1000, **QUANTIZED_PATHS[path])
+    optimizer = CLASSES[bits](groups, **DEFAULTS, min_quantized_size=1000, **PATHS[path])
     assert_follows_algorithm_2_step_by_step(optimizer, params, settings, bits=bits)
     quantized = ["exp_avg_codes" in optimizer.state[param] for param in params]
     assert quantized == [True, False, True, False, True, False, True]

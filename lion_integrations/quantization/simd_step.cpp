@@ -1,22 +1,15 @@
 // One Lion step on block-quantized momentum, for x86-64 CPUs with AVX-512 (F, BW, VL, DQ, VBMI).
 //
-// A template: simd.py fills in the at-sign fields before compiling, the update rule (rule.py's
-// lion_update_, rendered as AVX-512 statements) and the codec's tables and constants (codec.py).
-// This file holds what it takes to run them in one pass per block: decode -> rule -> new momentum
-// to a block buffer (in L1) and its absmax -> encode.
+// A template: simd.py fills in the at-sign fields before compiling (the codec's tables and constants,
+// codec.py) and puts avx512_rule.h (the update rule, lion_rule) in front of it. This file holds what
+// it takes to run them in one pass per block: decode -> rule -> new momentum to a block buffer (in
+// L1) and its absmax -> encode.
 //
 // Layout (codec.py): a (rows, cols) fp32 parameter; blocks of `block_size` elements run along each
 // row, the last one short when block_size does not divide cols; absmax is (rows, blocks per row).
 // 8 bits: codes (rows, cols), one byte per element. 4 bits: codes (rows, ceil(cols / 2)); byte j of
 // a block of L elements holds element j (low nibble) and element j + ceil(L/2) (high nibble), and a
 // short block of odd length has a zero element as padding.
-#include <immintrin.h>
-#include <omp.h>
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
 static const float DECODE4[16] __attribute__((aligned(64))) = {@DECODE4@};  // codec.decode_codes, 4 bits
 
 // Byte b of the float codec.decode_codes(j, 8) for j = 0..127 (the 8-bit magnitudes).
@@ -46,80 +39,6 @@ static inline void decode8x64(__m512i codes, __m512 decoded[4]) {
     decoded[3] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(high01, high23));
 }
 
-// A uniform lerp weight, prepared once per step the way ATen's vectorized CPU kernel uses it:
-// lerp(start, end, w) = coefficient * (end - start) + (Small ? start : end), where Small is
-// |w| < 0.5 and coefficient is w if Small else w - 1. Small is a template argument, so each
-// combination of the step's two weights gets its own loop.
-template <bool Small>
-struct LerpWeight {
-    __m512 coefficient;
-};
-
-template <bool Small>
-static inline LerpWeight<Small> lerp_weight(float weight) {
-    return {_mm512_set1_ps(Small ? weight : weight - 1.0f)};
-}
-
-static inline bool small_weight(float weight) { return weight < 0.5f && weight > -0.5f; }
-
-template <bool Small>
-static inline __m512 lerp(__m512 start, __m512 end, const LerpWeight<Small> &weight) {
-    return _mm512_fmadd_ps(weight.coefficient, _mm512_sub_ps(end, start), Small ? start : end);
-}
-
-// torch.isfinite: the lanes that are neither NaN nor +-inf (fpclass 0x99: QNaN, +inf, -inf, SNaN).
-static inline __mmask16 finite(__m512 x) { return (__mmask16)~_mm512_fpclass_ps_mask(x, 0x99); }
-
-// torch.sign: +-1 with x's sign bit, or 0 for 0 and NaN.
-static inline __m512 sign(__m512 x) {
-    __mmask16 nonzero = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NEQ_OQ);
-    __m512i sign_and_one = _mm512_maskz_ternarylogic_epi32(  // (x & sign bit) | bits of 1.0
-        nonzero, _mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN), _mm512_set1_epi32(0x3F800000), 0xEA);
-    return _mm512_castsi512_ps(sign_and_one);
-}
-
-static inline __m512 scale(__m512 x, __m512 factor) { return _mm512_mul_ps(x, factor); }
-
-// x where x * g > 0, else +0: the cautious mask (rule.py), NaN included among the dropped.
-static inline __m512 keep_agreeing(__m512 x, __m512 g) {
-    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_mul_ps(x, g), _mm512_setzero_ps(), _CMP_GT_OQ), x);
-}
-
-// sign(x) * factor for a factor >= 0 (the step size): the factor with x's sign bit, or 0 where
-// sign(x) is 0, in one instruction. Equal to the product: +-factor, and +0 for 0 and NaN.
-static inline __m512 sign_times(__m512 x, __m512 factor) {
-    __mmask16 nonzero = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NEQ_OQ);
-    return _mm512_castsi512_ps(_mm512_maskz_ternarylogic_epi32(
-        nonzero, _mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN), _mm512_castps_si512(factor), 0xEA));
-}
-
-// The step's scalars (rule.LionCoefficients), broadcast once, and whether the rule is cautious.
-template <bool UpdateSmall, bool MomentumSmall, bool Cautious>
-struct Coefficients {
-    static constexpr bool cautious = Cautious;
-    __m512 step_size, decay;
-    LerpWeight<UpdateSmall> update_weight;
-    LerpWeight<MomentumSmall> momentum_weight;
-};
-
-// The rule on 16 lanes: p (parameter), g (gradient), m (momentum), in place on p and m; lanes
-// whose gradient is NaN or inf keep p and m. Returns the mask of the other (finite) lanes.
-template <class Scalars>
-static inline __mmask16 lion_rule(__m512 &p, __m512 g, __m512 &m, const Scalars &coefficients) {
-    const __m512 step_size = coefficients.step_size, decay = coefficients.decay;
-    const auto &update_weight = coefficients.update_weight;
-    const auto &momentum_weight = coefficients.momentum_weight;
-    if constexpr (Scalars::cautious) {
-@CAUTIOUS_RULE@
-    } else {
-@RULE@
-    }
-}
-
-// How many of the lanes in `valid` are not in `finite`.
-static inline int64_t count_skipped(__mmask16 valid, __mmask16 finite) {
-    return __builtin_popcount((unsigned)(valid & (__mmask16)~finite));
-}
 
 // How many of a sorted list of thresholds (padded with +inf to 16) lie below each magnitude in
 // [0, 1]: the float's top bits (bits >> shift, less first_bucket, at least 0) pick one of 16
@@ -165,11 +84,6 @@ static inline __m512i encode4(__m512 x) {
     __m512 magnitude = _mm512_max_ps(_mm512_min_ps(_mm512_set1_ps(1.0f), _mm512_abs_ps(x)), _mm512_setzero_ps());
     __m512i j = count_below(magnitude, MIDPOINTS_BELOW4, MIDPOINTS4, @SHIFT4@, @FIRST_BUCKET4@);
     return _mm512_mask_sub_epi32(j, negative(x), _mm512_set1_epi32(15), j);
-}
-
-static inline __mmask16 lanes(int64_t remaining) {
-    if (remaining <= 0) return 0;
-    return remaining >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << remaining) - 1u);
 }
 
 static inline __mmask64 bytes(int64_t remaining) {
@@ -308,13 +222,6 @@ static float step_block4(float *p, const float *g, uint8_t *codes, float absmax,
     return new_absmax;
 }
 
-// Whether this CPU runs the instructions the kernel was compiled for (call before the kernel).
-extern "C" __attribute__((target("arch=x86-64"))) int cpu_supported(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")
-        && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vbmi");
-}
-
 // The step on `count` parameters of one param group (the same block size, bits and scalars):
 // parameter t is (rows[t], cols[t]) fp32 with its codes and absmax in the layout above; skipped[t]
 // (zero on entry) receives how many of its gradient elements were NaN or inf. Each of
@@ -370,33 +277,15 @@ static int step_parameters(int count, float *const *params, const float *const *
     return failed;
 }
 
-template <bool UpdateSmall, bool MomentumSmall, bool Cautious>
-static Coefficients<UpdateSmall, MomentumSmall, Cautious> coefficients(float step_size, float update_weight,
-                                                                       float momentum_weight, float decay) {
-    return {_mm512_set1_ps(step_size), _mm512_set1_ps(decay), lerp_weight<UpdateSmall>(update_weight),
-            lerp_weight<MomentumSmall>(momentum_weight)};
-}
-
-template <bool Cautious>
-static int step_with_rule(int count, float *const *params, const float *const *grads, uint8_t *const *codes,
-                          float *const *absmaxes, const int64_t *rows, const int64_t *cols, int64_t block_size,
-                          int bits, float step_size, float update_weight, float momentum_weight, float decay,
-                          int threads, int64_t *skipped) {
-#define STEP(U, M) step_parameters(count, params, grads, codes, absmaxes, rows, cols, block_size, bits, \
-                                   coefficients<U, M, Cautious>(step_size, update_weight, momentum_weight, decay), \
-                                   threads, skipped)
-    if (small_weight(update_weight))
-        return small_weight(momentum_weight) ? STEP(true, true) : STEP(true, false);
-    return small_weight(momentum_weight) ? STEP(false, true) : STEP(false, false);
-#undef STEP
-}
-
 // cautious: the masked rule (rule.py), step_size being every parameter's cautious step size.
 extern "C" int quantized_lion_step(int count, float *const *params, const float *const *grads, uint8_t *const *codes,
                                    float *const *absmaxes, const int64_t *rows, const int64_t *cols,
                                    int64_t block_size, int bits, int cautious, float step_size, float update_weight,
                                    float momentum_weight, float decay, int threads, int64_t *skipped) {
-    return (cautious ? step_with_rule<true> : step_with_rule<false>)(
-        count, params, grads, codes, absmaxes, rows, cols, block_size, bits, step_size, update_weight,
-        momentum_weight, decay, threads, skipped);
+    auto step = [&](const auto &coefficients) {
+        return step_parameters(count, params, grads, codes, absmaxes, rows, cols, block_size, bits, coefficients,
+                               threads, skipped);
+    };
+    return cautious ? with_coefficients<true>(step_size, update_weight, momentum_weight, decay, step)
+                    : with_coefficients<false>(step_size, update_weight, momentum_weight, decay, step);
 }

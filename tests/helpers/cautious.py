@@ -6,12 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-PATHS = {
-    "for-loop": dict(fused=False, foreach=False),
-    "foreach": dict(fused=False, foreach=True),
-    "fused": dict(fused=True),
-    "default": {},  # fused=None: the AVX-512 kernel for quantized momenta, small tensors unfused
-}
+from tests.helpers.optimizer import PATHS as EXPLICIT_PATHS
+
+# "default": fused=None, the AVX-512 kernels where this CPU has them, small tensors unfused otherwise.
+PATHS = {**EXPLICIT_PATHS, "default": {}}
 
 
 def hand_computed_steps():

@@ -1,5 +1,5 @@
-"""Lion problems shared by the core optimizer tests: the three execution paths, parameters of
-assorted shapes in three param groups, and a seeded run of steps."""
+"""Lion problems shared by the core optimizer tests: the execution paths, parameters of assorted
+shapes in three param groups, and a seeded run of steps."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from lion_integrations import Lion
 PATHS = {
     "for-loop": dict(fused=False, foreach=False),
     "foreach": dict(fused=False, foreach=True),
-    "fused": dict(fused=True),
+    "fused": dict(fused=True),  # fp32 on a CPU with AVX-512: its kernel; else torch.compile's step
+    "fused-compiled": dict(fused=True),  # torch.compile's step (the conftest turns the kernels off)
 }
 
 

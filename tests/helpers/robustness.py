@@ -6,12 +6,8 @@ import copy
 import torch
 
 from lion_integrations import Lion4bit, Lion8bit
+from tests.helpers.optimizer import PATHS  # noqa: F401 (the robustness tests' paths)
 
-PATHS = {
-    "for-loop": dict(fused=False, foreach=False),
-    "foreach": dict(fused=False, foreach=True),
-    "fused": dict(fused=True),
-}
 QUANTIZED = {8: Lion8bit, 4: Lion4bit}
 
 

@@ -9,6 +9,7 @@ import torch
 
 import lion_integrations.fused as fused_module
 from lion_integrations import Lion4bit, Lion8bit
+from lion_integrations import avx512
 from lion_integrations.quantization import simd
 from lion_integrations.quantization.kernel import step_quantized_param_
 from lion_integrations.rule import LionCoefficients, cautious_step_size
@@ -63,7 +64,7 @@ def test_kernel_call_equals_eager_step_with_a_cautious_step_size(bits):
 
 def test_generated_cautious_rule_masks_then_scales():
     # After the non-finite selects of rule.lion_update_finite_ (t1: the gradient, t2: the step size).
-    assert simd.rule_statements(cautious=True) == [
+    assert avx512.rule_statements(cautious=True) == [
         "__mmask16 t0 = finite(g);",
         "__m512 t1 = _mm512_mask_blend_ps(t0, m, g);",
         "__m512 t2 = _mm512_mask_blend_ps(t0, _mm512_set1_ps(0x0.0p+0f), step_size);",

@@ -12,6 +12,7 @@ import platform
 import pytest
 import torch
 
+from lion_integrations import avx512
 from lion_integrations.quantization import codec, simd
 from lion_integrations.quantization.codec import quantize_blockwise
 from lion_integrations.quantization.kernel import step_quantized_param_
@@ -235,7 +236,7 @@ def test_generated_rule_is_rule_py():
     # The kernel's update is rule.lion_update_finite_ run with the code-writing ops table: the
     # non-finite lanes select momentum for the gradient, 0 for the step size and 1 for the decay,
     # then rule.lion_update_ (sign, then the multiplication by the step size, become one instruction).
-    assert simd.rule_statements() == [
+    assert avx512.rule_statements() == [
         "__mmask16 t0 = finite(g);",
         "__m512 t1 = _mm512_mask_blend_ps(t0, m, g);",
         "__m512 t2 = _mm512_mask_blend_ps(t0, _mm512_set1_ps(0x0.0p+0f), step_size);",
