@@ -157,7 +157,7 @@ def train(name: str, directory: str, report_path: str) -> None:
     control_optimizer = make_optimizer(name, control)
     load(control, control_optimizer, saved, without_buffers=True)
     report["buffers_after_load_without"] = [
-        None if COMPENSATION not in control_optimizer.state[p] else int(full(control_optimizer.state[p][COMPENSATION]).count_nonzero())
+        int(full(buffer).count_nonzero()) if (buffer := control_optimizer.state[p].get(COMPENSATION)) is not None else None
         for p in control.parameters()
     ]
     train_steps(control, control_optimizer, STEPS, STEPS + 1)
