@@ -13,6 +13,16 @@ import torch
 
 from lion_integrations import Lion
 from lion_integrations.fused import MIN_FUSED_NUMEL
+from lion_integrations.optimizer import weight_store
+from lion_integrations.rule import LOW_PRECISION_DTYPES
+
+# What each store of bf16/fp16 weights (`lion_integrations.optimizer.weight_store`) does with an update.
+WEIGHT_STORE_MEANINGS = {
+    "kahan": "Kahan summation, the rounding error of each new weight kept in state 'kahan_comp' (2 bytes "
+    "per parameter) and added back at the next step: small updates add up",
+    "stochastic": "stochastic rounding, each new weight rounded up or down at random, unbiased; no buffer",
+    "nearest": "each new weight rounded to nearest: an update below half the weight's spacing is lost",
+}
 
 
 def show_lion_logs() -> None:
@@ -60,6 +70,21 @@ def interleaved_seconds(functions: dict[str, Callable[[], object]], rounds: int,
             function()
             best[name] = min(best[name], clock() - start)
     return best
+
+
+def weight_stores(optimizer: torch.optim.Optimizer) -> list[str]:
+    """How `optimizer` stores the weights it steps, one entry per kind, in parameter order: the dtype
+    ('float32'), and for bf16/fp16 weights the store too ('bfloat16 kahan', see WEIGHT_STORE_MEANINGS).
+    Optimizers without Lion's kahan_sum and stochastic_rounding options round to nearest."""
+    kinds = {}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            dtype = str(param.dtype).removeprefix("torch.")
+            if param.dtype in LOW_PRECISION_DTYPES:
+                kahan_sum, stochastic_rounding = group.get("kahan_sum", False), group.get("stochastic_rounding", False)
+                dtype = f"{dtype} {weight_store(param.dtype, kahan_sum, stochastic_rounding)}"
+            kinds[dtype] = None
+    return list(kinds)
 
 
 def state_bytes_per_param(optimizer: torch.optim.Optimizer, params) -> float:

@@ -6,6 +6,7 @@ Python's own standard-library source (`--text_modules`), so nothing is downloade
     python recipes/hf_finetune.py                               # lion vs adamw_torch, about 20 s on 2 CPU cores
     python recipes/hf_finetune.py --max_steps 400 --learning_rate 1e-3 --optim_args beta1=0.95,beta2=0.98
     python recipes/hf_finetune.py --optim lion_q8 --optim_args block_size=128 --compare_adamw false
+    python recipes/hf_finetune.py --dtype bfloat16              # pure bf16 weights; Lion keeps a Kahan buffer
     python recipes/hf_finetune.py --model_name_or_path gpt2 --learning_rate 1e-4 --block_size 128 \\
         --dataset_name wikitext --dataset_config_name wikitext-2-raw-v1   # online: hub model and data
 
@@ -31,12 +32,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: `recipes.*`, this checkout's package
 
 from lion_integrations.hparams import DEFAULT_RATIO  # noqa: E402
-from recipes.common import Column, format_table, require_datasets, show_lion_logs  # noqa: E402
+from recipes.common import (  # noqa: E402
+    WEIGHT_STORE_MEANINGS, Column, format_table, require_datasets, show_lion_logs,
+)
 from recipes.trainer_runs import (  # noqa: E402
-    RUN_COLUMNS, RUN_DEFAULTS, TIME_COLUMN, optim_name, parse_arguments, run_args, train_one,
+    RUN_COLUMNS, RUN_DEFAULTS, TIME_COLUMN, WEIGHTS_COLUMN, optim_name, parse_arguments, run_args, train_one,
 )
 from transformers import (  # noqa: E402
-    AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, TrainingArguments, set_seed,
+    AutoModelForCausalLM, AutoTokenizer, GPT2Config, TrainingArguments, set_seed,
 )
 
 OFFLINE_DEFAULTS = dict(
@@ -59,6 +62,7 @@ COLUMNS = (
     Column("eval loss", 11, itemgetter("eval_loss"), ".3f"),
     Column("eval ppl", 10, lambda row: math.exp(row["eval_loss"]), ".2f"),
     TIME_COLUMN,
+    WEIGHTS_COLUMN,
 )
 
 
@@ -82,6 +86,17 @@ class RecipeArguments:
     n_embd: int = field(default=64, metadata={"help": "Tiny GPT-2 width (offline model only)."})
     n_layer: int = field(default=2, metadata={"help": "Tiny GPT-2 depth (offline model only)."})
     n_head: int = field(default=4, metadata={"help": "Tiny GPT-2 attention heads (offline model only)."})
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "Load the model in this dtype, as from_pretrained(dtype=...) and from_config(dtype=...) do "
+            "('auto': the checkpoint's; default: from_pretrained's own, float32 for the offline tiny GPT-2). "
+            "bfloat16 trains in pure bf16 (leave --bf16 off, that is autocast over fp32 weights): Lion then "
+            "keeps each weight's rounding error in a Kahan buffer (kahan_sum); --optim_args "
+            "stochastic_rounding=true rounds at random instead.",
+            "choices": ["auto", "bfloat16", "float16", "float32"],
+        },
+    )
     compare_adamw: bool = field(default=True, metadata={"help": "Also train with adamw_torch and compare."})
     lion_ratio: float = field(
         default=DEFAULT_RATIO,
@@ -144,15 +159,22 @@ def build_data(recipe: RecipeArguments) -> tuple[list, list, int]:
 
 
 def build_model(recipe: RecipeArguments, vocab_size: int, seed: int):
-    """The hub model, else a tiny GPT-2 from a config; initialized from `seed` (alike for every run)."""
+    """The hub model, else a tiny GPT-2 from a config, in `--dtype`; initialized from `seed` (alike for
+    every run)."""
     set_seed(seed)
+    dtype = recipe.dtype if recipe.dtype in (None, "auto") else getattr(torch, recipe.dtype)
     if recipe.model_name_or_path:
-        return AutoModelForCausalLM.from_pretrained(recipe.model_name_or_path)
-    config = GPT2Config(
-        vocab_size=vocab_size, n_positions=recipe.block_size, n_embd=recipe.n_embd, n_layer=recipe.n_layer,
-        n_head=recipe.n_head, bos_token_id=0, eos_token_id=0,
-    )
-    return GPT2LMHeadModel(config)
+        model = AutoModelForCausalLM.from_pretrained(recipe.model_name_or_path, **({"dtype": dtype} if dtype is not None else {}))
+    else:
+        config = GPT2Config(
+            vocab_size=vocab_size, n_positions=recipe.block_size, n_embd=recipe.n_embd, n_layer=recipe.n_layer,
+            n_head=recipe.n_head, bos_token_id=0, eos_token_id=0,
+        )
+        # from_config takes a torch dtype only; without one it builds in the config's own ('auto').
+        model = AutoModelForCausalLM.from_config(config, **({"dtype": dtype} if dtype not in (None, "auto") else {}))
+    if isinstance(dtype, torch.dtype) and model.dtype != dtype:  # transformers before 4.56 reads torch_dtype only
+        raise SystemExit(f"--dtype {recipe.dtype}: the model was built in {model.dtype}; needs transformers >= 4.56")
+    return model
 
 
 # --- stages -----------------------------------------------------------------------------------
@@ -183,6 +205,9 @@ def report(args: TrainingArguments, recipe: RecipeArguments, rows: list[dict]) -
           f"{args.learning_rate:g} wd={args.weight_decay:g}; Lion lr/wd by from_adamw(ratio={recipe.lion_ratio:g}); "
           "time = train_runtime")
     print(format_table(rows, COLUMNS))
+    stores = dict.fromkeys(kind.split()[1] for row in rows for kind in row["weights"] if " " in kind)
+    for store in stores:  # bf16/fp16 weights: what each optimizer does with updates smaller than their spacing
+        print(f"{store}: {WEIGHT_STORE_MEANINGS[store]}")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -17,7 +17,7 @@ from lion_integrations.hf import parse_optim_args  # importing registers optim="
 from lion_integrations.hf.options import parse_value
 from lion_integrations.hf.run_length import will_compile
 from lion_integrations.hparams import from_adamw
-from recipes.common import Column, warm_up_lion
+from recipes.common import Column, warm_up_lion, weight_stores
 
 # TrainingArguments every offline comparison shares: optim="lion" first, no checkpoints, no evaluation
 # or reporting during training (evaluation runs once, after it), seeded, data loaded in-process.
@@ -39,6 +39,7 @@ RUN_COLUMNS = (
     Column("lr", 10, itemgetter("lr"), ".2e"),
 )
 TIME_COLUMN = Column("time s", 8, itemgetter("seconds"), ".1f")
+WEIGHTS_COLUMN = Column("  weights", 20, lambda row: "  " + ", ".join(row["weights"]), align="<")
 
 
 def parse_arguments(recipe_class: type, defaults: dict, argv: list[str] | None):
@@ -78,8 +79,9 @@ def train_one(args: TrainingArguments, model, metric_names: tuple[str, ...] = ("
     """Train `model` with a `Trainer(model, args, **trainer_options)`, then evaluate it once.
 
     The row: optim; class and optimizer_cls of the optimizer the Trainer built; lr and weight_decay;
-    train_loss (the last logged, else the run's mean); the evaluation's `metric_names`; steps; and
-    seconds (train_runtime, so not the evaluation, nor the fused kernel's compile: `warm_up_fused_lion`).
+    weights (how it stores them, `common.weight_stores`) and state_keys (the keys of its per-parameter
+    state); train_loss (the last logged, else the run's mean); the evaluation's `metric_names`; steps;
+    and seconds (train_runtime, so not the evaluation, nor the fused kernel's compile: `warm_up_fused_lion`).
     """
     warm_up_fused_lion(args, model)
     trainer = Trainer(model=model, args=args, **trainer_options)
@@ -93,6 +95,8 @@ def train_one(args: TrainingArguments, model, metric_names: tuple[str, ...] = ("
         "optimizer_cls": type(optimizer),
         "lr": args.learning_rate,
         "weight_decay": args.weight_decay,
+        "weights": weight_stores(optimizer),
+        "state_keys": sorted({key for state in optimizer.state.values() for key in state}),
         "train_loss": logged[-1] if logged else output.training_loss,
         **{name: metrics[name] for name in metric_names},
         "steps": trainer.state.global_step,
