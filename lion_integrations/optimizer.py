@@ -240,8 +240,9 @@ class Lion(Optimizer):
         maximize: ascend instead of descend.
         foreach: use the multi-tensor ``torch._foreach_*`` path when not fused (None: on CUDA only;
             on CPU the per-tensor loop is faster).
-        fused: use the single-pass ``torch.compile`` kernel (None: when it compiles on this machine,
-            falling back with one warning; True: required, raising if it cannot compile).
+        fused: use a single-pass kernel: for fp32 on x86-64 CPUs with AVX-512, the one `avx512`
+            generates from the rule; otherwise ``torch.compile``'s (None: when it builds on this
+            machine, falling back with one warning; True: required, raising if it cannot build).
         momentum_dtype: dtype of ``exp_avg`` (None: the parameter's dtype; e.g. torch.float32 for
             bf16 parameters). The arithmetic is fp32 on every path.
         cautious: mask the update where sign(c) differs from sign(g) and divide lr by the kept
@@ -269,8 +270,8 @@ class Lion(Optimizer):
     do: the sign is taken of the real and imaginary parts separately.
 
     Finding non-finite gradients costs one read of each full-precision parameter's gradient per
-    step (`finite_flags`), and on CUDA one host synchronization per step; quantized momentum finds
-    them inside its step, at no extra read. Inside a ``torch.compile``'d step the elements are
+    step (`finite_flags`), and on CUDA one host synchronization per step; the AVX-512 kernels (fp32
+    on the fused path, and quantized momentum) find them inside their loop, at no extra read. Inside a ``torch.compile``'d step the elements are
     skipped all the same, but nothing is counted or reported.
     """
 

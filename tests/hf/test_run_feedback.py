@@ -15,6 +15,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import lion_integrations.hf as hf  # noqa: E402
+from lion_integrations import avx512  # noqa: E402
 from lion_integrations.hf import launch, run_length  # noqa: E402
 from transformers import TrainingArguments  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
@@ -114,7 +115,8 @@ def test_stock_script_through_the_runner_shows_the_choice_at_log_level_info(tmp_
     script.write_text(STOCK_SCRIPT)
     command = [sys.executable, "-m", "lion_integrations.run", str(script), "--output_dir", str(tmp_path / "out"),
                "--optim", "lion", "--use_cpu", "--report_to", "none", "--max_steps", "40", "--log_level", log_level]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # LION_INTEGRATIONS_SIMD=0: torch.compile's fused step, the one with a compile to repay.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "LION_INTEGRATIONS_SIMD": "0"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
@@ -141,6 +143,7 @@ def fresh_announcement(monkeypatch, caplog):
     return caplog
 
 
+@pytest.mark.usefixtures("without_avx512_kernels")  # torch.compile's fused step
 def test_short_run_takes_the_unfused_path_and_says_why(fresh_announcement):
     options = run_length.choose_fused("lion", 120, model_with(110_000), {})
     assert options == {"fused": False}
@@ -148,6 +151,7 @@ def test_short_run_takes_the_unfused_path_and_says_why(fresh_announcement):
     assert "unfused path" in message and "120 steps x 110000 parameters" in message and "fused=true" in message
 
 
+@pytest.mark.usefixtures("without_avx512_kernels")  # torch.compile's fused step
 def test_long_run_keeps_fused_none_and_says_once_that_it_compiles(fresh_announcement):
     model = model_with(100_000)  # the frozen million does not count
     steps = run_length.FUSED_MIN_PARAMETER_STEPS // 100_000
@@ -171,12 +175,26 @@ def test_rule_leaves_explicit_choices_epoch_runs_and_quantized_variants(fresh_an
     assert run_length.choose_fused(name, max_steps, model_with(100_000), dict(options)) == options
 
 
+@pytest.mark.skipif(avx512.unavailable_reason() is not None, reason=f"{avx512.unavailable_reason()}")
+def test_fp32_on_the_avx512_kernel_has_nothing_to_compile_so_short_runs_stay_fused(fresh_announcement):
+    model = model_with(110_000)
+    assert run_length.compiled_parameters(run_length.trainable_parameters(model), {}) == []
+    assert run_length.choose_fused("lion", 120, model, {}) == {}
+    bf16 = model_with(110_000).to(torch.bfloat16)  # bf16 weights take torch.compile's step
+    assert run_length.choose_fused("lion", 120, bf16, {}) == {"fused": False}
+    assert run_length.choose_fused("lion", 10**5, bf16, {}) == {}
+    assert [m for m in fresh_announcement.messages if "compiles the fused Lion kernel" in m] == [
+        f"optim=lion: {run_length.COMPILE_NOTE}"]
+
+
+@pytest.mark.usefixtures("without_avx512_kernels")  # torch.compile's fused step
 def test_explicit_fused_false_and_small_tensors_announce_no_compile(fresh_announcement):
     assert run_length.choose_fused("lion", -1, model_with(100_000), {"fused": False}) == {"fused": False}
     assert run_length.choose_fused("lion", -1, model_with(1000), {}) == {}  # below MIN_FUSED_NUMEL: never compiled
     assert not fresh_announcement.messages
 
 
+@pytest.mark.usefixtures("without_avx512_kernels")  # torch.compile's fused step
 def test_trainer_builds_lion_on_the_path_the_rule_picks(tmp_path, monkeypatch):
     monkeypatch.setattr(run_length, "_compile_announced", True)
     model = model_with(100_000)
