@@ -15,6 +15,7 @@ from . import avx512
 from .cautious import cautious_step_sizes
 from .checks import check_bool, check_choice, check_real
 from .fused import fusable, fused_step_, fused_unavailable_reason
+from .nonfinite import CompiledSkipTally
 from .rule import (
     LOW_PRECISION_DTYPES,
     LionCoefficients,
@@ -271,8 +272,9 @@ class Lion(Optimizer):
 
     Finding non-finite gradients costs one read of each full-precision parameter's gradient per
     step (`finite_flags`), and on CUDA one host synchronization per step; the AVX-512 kernels (fp32
-    on the fused path, and quantized momentum) find them inside their loop, at no extra read. Inside a ``torch.compile``'d step the elements are
-    skipped all the same, but nothing is counted or reported.
+    on the fused path, and quantized momentum) find them inside their loop, at no extra read. Inside
+    a caller's ``torch.compile`` the counts stay on the device (`nonfinite.CompiledSkipTally`) and
+    are reported at the next eager step, or when ``nonfinite_steps`` is read.
     """
 
     def __init__(
@@ -315,9 +317,32 @@ class Lion(Optimizer):
             stochastic_rounding=stochastic_rounding,
         )
         validate_hyperparameters(lr, betas, weight_decay)
-        self.nonfinite_steps = 0  # steps in which some gradient element was NaN or inf (and skipped)
+        self._nonfinite_steps = 0
         super().__init__(params, defaults)
         self._register_load_hooks()
+
+    @property
+    def nonfinite_steps(self) -> int:
+        """Steps in which some gradient element was NaN or inf (and skipped), including those run
+        inside a caller's ``torch.compile`` (reported on reading this, or at the next eager step)."""
+        self._report_compiled_skips()
+        return self._nonfinite_steps
+
+    @nonfinite_steps.setter
+    def nonfinite_steps(self, value: int) -> None:
+        self._nonfinite_steps = value
+
+    def _new_compiled_tally(self) -> None:
+        """A `CompiledSkipTally` with a slot for each parameter, on the first parameter's device
+        (after reporting what the previous one holds)."""
+        if getattr(self, "_compiled_skips", None) is not None:
+            self._report_compiled_skips()
+        slots = {}
+        for group_index, group in enumerate(self.param_groups):
+            for index in range(len(group["params"])):
+                slots[param_description(group, group_index, index)] = len(slots)
+        device = self.param_groups[0]["params"][0].device if self.param_groups and self.param_groups[0]["params"] else "cpu"
+        self._compiled_skips = CompiledSkipTally(slots, device)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         for key in ("lr", "betas", "weight_decay"):
@@ -332,6 +357,7 @@ class Lion(Optimizer):
         )
         super().add_param_group(param_group)
         warn_high_precision_params(type(self).__name__, self.param_groups[-1])
+        self._new_compiled_tally()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -345,7 +371,9 @@ class Lion(Optimizer):
             group.setdefault("kahan_sum", None)
             group.setdefault("stochastic_rounding", False)
         self.__dict__.setdefault("generator", None)
-        self.__dict__.setdefault("nonfinite_steps", 0)
+        self._nonfinite_steps = self.__dict__.pop("nonfinite_steps", self.__dict__.get("_nonfinite_steps", 0))
+        if "_compiled_skips" not in self.__dict__:
+            self._new_compiled_tally()
         self._register_load_hooks()
 
     def _init_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -450,12 +478,15 @@ class Lion(Optimizer):
         batches = [self._full_precision_batch(group_items) for group_items in items]
         if torch.compiler.is_compiling() and all(group["nonfinite"] == "skip" for group in self.param_groups):
             # Traced into the caller's graph, which a host read would break: the rule itself masks
-            # every element; counting and warning need an eager step.
+            # every element, and the counts stay on the device until an eager moment reports them.
+            skipped = []
             for group_index, (group, batch) in enumerate(zip(self.param_groups, batches)):
-                self._step_full_precision(group, group_index, batch, None, [False] * len(batch[0]))
-                self._step_codec_states(group, group_index, items[group_index])
+                skipped += self._step_full_precision(group, group_index, batch, None, [False] * len(batch[0]))
+                skipped += self._step_codec_states(group, group_index, items[group_index])
+            self._compiled_skips.add(skipped)
             return loss
 
+        self._report_compiled_skips()
         self._raise_on_nonfinite()
         skipped: list[tuple[str, Any, int]] = []  # (parameter, skipped elements, elements)
         for group_index, group in enumerate(self.param_groups):
@@ -577,15 +608,27 @@ class Lion(Optimizer):
         skipped = [(name, count, total) for (name, _, total), count in zip(skipped, counts) if count]
         if not skipped:
             return
-        self.nonfinite_steps += 1
+        self._nonfinite_steps += 1
         shown = ", ".join(f"{name} ({count} of {total} elements)" for name, count, total in skipped[:5])
-        more = f" and {len(skipped) - 5} more parameters" if len(skipped) > 5 else ""
+        self._warn_nonfinite(shown, len(skipped), "this step")
+
+    def _report_compiled_skips(self) -> None:
+        """Count and report the skips that steps inside a caller's ``torch.compile`` tallied."""
+        steps, skipped = self._compiled_skips.drain()
+        if not steps:
+            return
+        self._nonfinite_steps += steps
+        shown = ", ".join(f"{name} ({count} elements)" for name, count in skipped[:5])
+        self._warn_nonfinite(shown, len(skipped), f"in {steps} steps run inside torch.compile")
+
+    def _warn_nonfinite(self, shown: str, parameters: int, when: str) -> None:
+        more = f" and {parameters - 5} more parameters" if parameters > 5 else ""
         warnings.warn(
             f"{type(self).__name__}: NaN or inf gradient elements in {shown}{more}; those elements were not "
-            f"updated this step (parameter and momentum unchanged). Steps with such gradients so far: "
-            f"{self.nonfinite_steps} (optimizer.nonfinite_steps); nonfinite='raise' makes them an error",
+            f"updated {when} (parameter and momentum unchanged). Steps with such gradients so far: "
+            f"{self._nonfinite_steps} (optimizer.nonfinite_steps); nonfinite='raise' makes them an error",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
     # --- State dicts. --------------------------------------------------------------------------

@@ -126,14 +126,25 @@ def test_nonfinite_is_checked_like_any_option():
     assert optimizer.param_groups[0]["nonfinite"] == "skip"
 
 
-def test_user_compiled_step_masks_nonfinite_gradients():
-    # Inside a compiled training step the policy is the rule's own (no host read can break the graph).
-    param = nn.Parameter(torch.ones(8))
-    optimizer = Lion([param], lr=0.1)
-    param.grad = torch.tensor([1.0, float("nan"), -1.0, float("inf"), 1.0, 1.0, 1.0, 1.0])
-    torch.compile(optimizer.step)()
+def test_user_compiled_step_masks_nonfinite_gradients_and_reports_them_later():
+    # Inside a compiled step the rule masks, and the counts wait on the device (no host read can
+    # break the graph) until nonfinite_steps is read or an eager step runs.
+    param, clean = nn.Parameter(torch.ones(8)), nn.Parameter(torch.ones(3))
+    optimizer = Lion([{"params": [clean]}, {"params": [param]}], lr=0.1)
+    compiled_step = torch.compile(optimizer.step)
+    for grad in ([1.0, float("nan"), -1.0, float("inf"), 1.0, 1.0, 1.0, 1.0], [1.0] * 8, [float("nan")] + [1.0] * 7):
+        param.grad, clean.grad = torch.tensor(grad), torch.ones(3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nothing is said inside the graph
+            compiled_step()
     assert torch.isfinite(optimizer.state[param]["exp_avg"]).all()
-    torch.testing.assert_close(param.detach(), torch.tensor([0.9, 1.0, 1.1, 1.0, 0.9, 0.9, 0.9, 0.9]))
+    torch.testing.assert_close(param.detach(), torch.tensor([0.8, 0.8, 0.9, 0.8, 0.7, 0.7, 0.7, 0.7]))
+    with pytest.warns(RuntimeWarning, match=r"param 0 of group 1 \(shape \(8,\)\) \(3 elements\).*in 2 steps run inside torch.compile"):
+        assert optimizer.nonfinite_steps == 2
+    param.grad[1] = float("nan")
+    with pytest.warns(RuntimeWarning, match="this step") as caught:
+        optimizer.step()  # eager: reported at once, the tally already drained
+    assert len(caught) == 1 and optimizer.nonfinite_steps == 3
 
 
 def test_grad_scaler_keeps_its_own_skip_with_fp16_autocast():
