@@ -341,7 +341,8 @@ class Lion(Optimizer):
         for group_index, group in enumerate(self.param_groups):
             for index in range(len(group["params"])):
                 slots[param_description(group, group_index, index)] = len(slots)
-        device = self.param_groups[0]["params"][0].device if self.param_groups and self.param_groups[0]["params"] else "cpu"
+        first = next((param for group in self.param_groups for param in group["params"]), None)
+        device = first.device if first is not None and first.device.type != "meta" else torch.device("cpu")
         self._compiled_skips = CompiledSkipTally(slots, device)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
