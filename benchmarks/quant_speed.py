@@ -6,8 +6,9 @@ Everything is measured in this run, on the same parameters (1024x1024 fp32 matri
 
 * the memory floor of an fp32 Lion step, as in step_speed.py: 20 bytes/param (read p, g, m; write
   p, m) at this machine's in-place bandwidth;
-* step times of fp32 `Lion` (fused), `Lion8bit` and `Lion4bit` (fused: the AVX-512 kernel of
-  lion_integrations.quantization.simd where the CPU has it, else torch.compile; the note says which),
+* step times of fp32 `Lion` (fused), `Lion8bit` and `Lion4bit` (fused: the AVX-512 kernels of
+  lion_integrations.avx512 and lion_integrations.quantization.simd where the CPU has them, else
+  torch.compile; the note says which),
   and bitsandbytes' `Lion8bit` when installed, each the fastest of interleaved rounds (see
   common.interleaved_seconds);
 * optimizer state bytes per parameter.
@@ -30,7 +31,7 @@ from common import (  # noqa: E402
     add_device_argument, arguments, machine_line, measure_steps, ratio_table, speed_report_head, write_speed_report,
 )
 
-from lion_integrations import Lion, Lion4bit, Lion8bit  # noqa: E402
+from lion_integrations import Lion, Lion4bit, Lion8bit, avx512  # noqa: E402
 from lion_integrations.quantization import simd  # noqa: E402
 
 
@@ -62,11 +63,14 @@ def main() -> None:
     results, floor = measure_steps(contenders(), args.params, repeats, args.device)
     fp32 = results.get("Lion (fp32 state, fused)")
     bnb = results.get("bitsandbytes Lion8bit")
-    reason = simd.unavailable_reason()
-    if args.device.type == "cuda":
-        fused_quantized_note = "torch.compile (Triton)"
-    else:
-        fused_quantized_note = "AVX-512 kernel" if reason is None else f"torch.compile ({reason})"
+
+    def fused_note(name: str) -> str:
+        if "(fused" not in name:
+            return ""
+        if args.device.type == "cuda":
+            return "torch.compile (Triton)"
+        reason = (avx512 if name.startswith("Lion (") else simd).unavailable_reason()
+        return "AVX-512 kernel" if reason is None else f"torch.compile ({reason})"
 
     def cells(seconds: float) -> list[str]:
         return [
@@ -79,7 +83,7 @@ def main() -> None:
               "state bytes/param", "note"]
     report = "\n".join([
         *speed_report_head("Quantized-momentum step speed", args.params, "fp32 Lion floor", repeats, args.device),
-        ratio_table(header, results, cells, lambda name: fused_quantized_note if "bit (fused)" in name else ""),
+        ratio_table(header, results, cells, fused_note),
     ])
     write_speed_report(
         args.output_dir, "quant_speed", report,
