@@ -1,0 +1,200 @@
+"""Which discovery tasks are in Lion's regime: tuned Lion against tuned AdamW on candidate proxy tasks.
+
+    python benchmarks/discovery_tasks.py [--quick] [--only NAME ...] [--output-dir benchmarks/results]
+
+The program search (`lion_integrations.discovery`) can only find a sign-momentum program from an
+AdamW warm start if Lion beats AdamW on its proxy and funnel tasks. This benchmark measures that
+outside the search, with the search's own batched trainer, on a list of candidate `TaskSpec`s:
+larger batches, more steps per parameter, wider and deeper MLPs, on the digits and on the
+standard-library text (`discovery.data`).
+
+Tuning, per task, with all 3 seeds trained at every grid point and the point with the lowest mean
+validation loss chosen:
+
+* AdamW: the search's baseline protocol (`baseline.tuned_adamw`): torch's bias-corrected AdamW
+  (betas 0.9, 0.999) over the task's lr range at 4 lrs a decade, weight decays
+  {0, 0.01, 0.03, 0.1, 0.3, 1}.
+* Lion: the builtin `lion` program (betas 0.9, 0.99) with decoupled weight decay (w <- w - update -
+  lr * wd * w, as `DiscoveredOptimizer` applies it), 4 lrs a decade over the same range extended a
+  decade down (the paper's Lion lr is 3-10x below AdamW's), weight decays 10x AdamW's
+  {0, 0.1, 0.3, 1, 3, 10} (the paper's 3-10x larger). `--lion-betas` sets other betas.
+
+Then each optimizer trains every seed alone at its chosen point. The table gives the validation
+cross-entropy, mean ± sample standard deviation over the 3 seeds; Lion / AdamW of the means; and the
+margin (AdamW mean - Lion mean) in units of the seed spread (the larger of the two standard
+deviations). Lion is "in its regime" on a task when that margin is above 1 and Lion beats AdamW on
+every seed (seeds share the initialisation and the minibatches between the optimizers). "edge" marks
+a chosen lr or weight decay at the end of its grid. The cost column is the seconds one program
+evaluation takes on the task's own grid (`TaskSpec.lrs` x 2 seeds, one thread), the unit of a
+search's budget.
+
+Writes <output-dir>/discovery_tasks.md (rewritten after every task, so a cut-short run keeps its rows).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import arguments, machine_line, markdown_table, mean_and_spread, write_report  # noqa: E402
+
+from lion_integrations.discovery import compile_program, resolve_program  # noqa: E402
+from lion_integrations.discovery.baseline import ADAMW_LRS_PER_DECADE, ADAMW_WEIGHT_DECAYS, AdamWStep, denser  # noqa: E402
+from lion_integrations.discovery.tasks import FUNNEL, HELDOUT, PROXY, TaskSpec, lr_grid  # noqa: E402
+from lion_integrations.discovery.training import Task, TaskResult  # noqa: E402
+
+SEEDS = (0, 1, 2)
+LION_WEIGHT_DECAYS = tuple(10 * wd for wd in ADAMW_WEIGHT_DECAYS)
+LION_LR_DECADES_DOWN = 1.0
+LION_BETAS = (0.9, 0.99)  # the builtin `lion` program's
+TEXT_LRS = lr_grid(-3.5, -0.5)
+DIGITS_LRS = lr_grid(-3.5, -1.0)
+
+
+def candidates() -> list[TaskSpec]:
+    """The current stages' tasks, then larger batches, more steps per parameter, wider and deeper MLPs."""
+    digits, text = PROXY[0], PROXY[1]
+    return [
+        replace(digits, name="digits (proxy now)"),
+        replace(text, name="text2 (proxy now)"),
+        replace(digits, name="digits b256", batch_size=256),
+        replace(digits, name="digits b512 x300", batch_size=512, steps=300),
+        replace(digits, name="digits b1200", batch_size=1200, steps=100),
+        replace(digits, name="digits 128-128 b256", hidden=(128, 128), batch_size=256, steps=300, lrs=lr_grid(-4.0, -1.5)),
+        replace(text, name="text2 b512", batch_size=512, steps=150, lrs=TEXT_LRS),
+        replace(text, name="text2 b1024", batch_size=1024, steps=150, lrs=TEXT_LRS),
+        replace(text, name="text2 b512 x400", batch_size=512, steps=400, lrs=TEXT_LRS),
+        replace(text, name="text2 32-32 b512", hidden=(32, 32), batch_size=512, steps=150, lrs=TEXT_LRS),
+        replace(text, name="text2 64 b512", hidden=(64,), batch_size=512, steps=150, lrs=TEXT_LRS),
+        replace(text, name="text2 ctx8 b512", context=8, batch_size=512, steps=150, lrs=TEXT_LRS),
+        replace(FUNNEL[1], name="text2 (funnel now)"),
+        replace(HELDOUT, name="text (held-out now)"),
+    ]
+
+
+def with_weight_decay(step, weight_decay: float):
+    """`step` followed by decoupled weight decay: the update gains lr * weight_decay * w."""
+
+    def decayed(w, g, m, v, lr, norm):
+        update, m, v = step(w, g, m, v, lr, norm)
+        return update + lr * weight_decay * w, m, v
+
+    return decayed
+
+
+def adamw_step(weight_decay: float):
+    return AdamWStep((0.9, 0.999), 1e-8, weight_decay)
+
+
+def lion_program(betas: tuple[float, float] = LION_BETAS) -> str:
+    """The builtin `lion` program's statements with momentum interpolations `betas` (beta1 for the
+    update, beta2 for the momentum)."""
+    beta1, beta2 = betas
+    return (f"update = interp(g, m, {beta1}); update = sign(update); m = interp(g, m, {beta2}); "
+            "update = update * lr")
+
+
+def lion_step(weight_decay: float, betas: tuple[float, float] = LION_BETAS):
+    return with_weight_decay(compile_program(lion_program(betas)), weight_decay)
+
+
+def lion_lrs(spec: TaskSpec) -> tuple[float, ...]:
+    """AdamW's grid density over the task's lr range extended `LION_LR_DECADES_DOWN` decades down."""
+    low, high = math.log10(min(spec.lrs)), math.log10(max(spec.lrs))
+    return lr_grid(low - LION_LR_DECADES_DOWN, high, ADAMW_LRS_PER_DECADE)
+
+
+@dataclass
+class Tuned:
+    lr: float
+    weight_decay: float
+    lr_at_edge: bool
+    decay_at_edge: bool
+    seed_losses: list[float]
+
+    def cell(self) -> str:
+        mean, spread = mean_and_spread(self.seed_losses)
+        edges = [what for what, on in (("lr", self.lr_at_edge), ("wd", self.decay_at_edge)) if on]
+        note = f", {'+'.join(edges)} edge" if edges else ""
+        return f"{mean:.4f} ± {spread:.4f} (lr {self.lr:.3g}, wd {self.weight_decay:g}{note})"
+
+
+def tune(spec: TaskSpec, make_step, lrs: tuple[float, ...], weight_decays: tuple[float, ...]) -> Tuned:
+    """The (lr, weight decay) of the lowest mean validation loss over `spec.seeds`, and each seed's
+    loss there, trained alone."""
+    task = Task(spec)
+    results: dict[float, TaskResult] = {wd: task.train(make_step(wd), lrs) for wd in weight_decays}
+    decay = min(results, key=lambda wd: results[wd].loss)
+    lr = results[decay].lr
+    seed_losses = [Task(replace(spec, seeds=(seed,))).train(make_step(decay), (lr,)).loss for seed in spec.seeds]
+    return Tuned(lr, decay, lr in (min(lrs), max(lrs)), decay == max(weight_decays), seed_losses)
+
+
+def program_seconds(spec: TaskSpec) -> float:
+    """Seconds of one program evaluation on the task's own grid (its lrs x its first 2 seeds)."""
+    task = Task(replace(spec, seeds=spec.seeds[:2]))
+    task.evaluate(resolve_program("lion"))  # warm up
+    return task.evaluate(resolve_program("lion")).seconds
+
+
+def row(spec: TaskSpec, adamw: Tuned, lion: Tuned, seconds: float) -> list[str]:
+    task = Task(spec)
+    (adamw_mean, adamw_sd), (lion_mean, lion_sd) = mean_and_spread(adamw.seed_losses), mean_and_spread(lion.seed_losses)
+    spread = max(adamw_sd, lion_sd, 1e-12)
+    margin = (adamw_mean - lion_mean) / spread
+    every_seed = all(lion_loss < adamw_loss for lion_loss, adamw_loss in zip(lion.seed_losses, adamw.seed_losses))
+    verdict = "Lion's regime" if margin > 1 and every_seed else ("Lion ahead, within spread" if margin > 0 else "AdamW ahead")
+    hidden = "-".join(map(str, spec.hidden))
+    context = f", ctx {spec.context}" if spec.data != "digits" else ""
+    return [spec.name, f"{spec.data}{context}, MLP {hidden}", spec.batch_size, spec.steps, task.size,
+            f"{spec.steps * spec.batch_size / task.size:.1f}", adamw.cell(), lion.cell(),
+            f"{lion_mean / adamw_mean:.3f}", f"{margin:+.1f}", verdict, f"{seconds:.2f}"]
+
+
+HEADER = ["task", "data, model", "batch", "steps", "params", "examples/param", "AdamW loss (tuned)",
+          "Lion loss (tuned)", "Lion/AdamW", "margin/spread", "verdict", "s/program"]
+
+
+def main(argv=None) -> None:
+    parser = arguments(__doc__.split("\n\n")[0], "2 seeds and the first 4 candidates")
+    parser.add_argument("--only", nargs="*", help="candidate names to run (default: all)")
+    parser.add_argument("--lion-betas", nargs=2, type=float, default=LION_BETAS, metavar=("BETA1", "BETA2"),
+                        help="Lion's betas (default 0.9 0.99, the builtin program's); other values write "
+                             "discovery_tasks_lion_<beta1>_<beta2>.md")
+    parser.set_defaults(output_dir=Path("benchmarks/results"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    seeds = SEEDS[:2] if args.quick else SEEDS
+    betas = tuple(args.lion_betas)
+    stem = "discovery_tasks" if betas == LION_BETAS else f"discovery_tasks_lion_{betas[0]:g}_{betas[1]:g}"
+    specs = [replace(spec, seeds=seeds) for spec in candidates()]
+    if args.only:
+        specs = [spec for spec in specs if spec.name in args.only]
+    elif args.quick:
+        specs = specs[:4]
+    head = (f"# Discovery tasks: tuned Lion against tuned AdamW, {len(seeds)} seeds\n\n{machine_line()}; "
+            f"`python benchmarks/discovery_tasks.py`. Validation cross-entropy, mean ± sd over seeds "
+            f"{', '.join(map(str, seeds))}; AdamW tuned over 4 lrs a decade x weight decays "
+            f"{{{', '.join(f'{wd:g}' for wd in ADAMW_WEIGHT_DECAYS)}}}, Lion over the same density a "
+            f"decade lower x {{{', '.join(f'{wd:g}' for wd in LION_WEIGHT_DECAYS)}}}, betas {betas[0]:g}, {betas[1]:g}. margin/spread = "
+            f"(AdamW mean - Lion mean) / the larger sd; \"Lion's regime\": above 1 and Lion ahead on every "
+            f"seed. s/program: one program evaluated on the task's own lr grid x 2 seeds, one thread.\n\n")
+    rows = []
+    for spec in specs:
+        begin = time.perf_counter()
+        adamw = tune(spec, adamw_step, denser(spec.lrs), ADAMW_WEIGHT_DECAYS)
+        lion = tune(spec, functools.partial(lion_step, betas=betas), lion_lrs(spec), LION_WEIGHT_DECAYS)
+        rows.append(row(spec, adamw, lion, program_seconds(spec)))
+        print(f"{spec.name}: {time.perf_counter() - begin:.0f} s", flush=True)
+        write_report(args.output_dir, stem, head + markdown_table(HEADER, rows))
+
+
+if __name__ == "__main__":
+    main()

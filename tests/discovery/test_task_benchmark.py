@@ -1,0 +1,82 @@
+"""benchmarks/discovery_tasks.py: Lion's decoupled weight decay, its lr grid, the tuning protocol and
+the verdict of a row."""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lion_integrations.discovery import DiscoveredOptimizer, analyze, parse
+from lion_integrations.discovery.baseline import ADAMW_WEIGHT_DECAYS
+from lion_integrations.discovery.tasks import TINY
+from lion_integrations.discovery.training import Task
+from tests.helpers import REPO
+from tests.helpers.discovery import LION
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import discovery_tasks  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_lion_step_applies_decoupled_weight_decay_like_discovered_optimizer():
+    torch.manual_seed(0)
+    w, lr, decay = torch.randn(3, 4), 0.01, 3.0
+    param = torch.nn.Parameter(w.clone())
+    optimizer = DiscoveredOptimizer([param], program="lion", lr=lr, weight_decay=decay)
+    step, m, v = discovery_tasks.lion_step(decay), torch.zeros_like(w), torch.zeros_like(w)
+    for _ in range(3):
+        g = torch.randn_like(w)
+        param.grad = g.clone()
+        optimizer.step()
+        update, m, v = step(w, g, m, v, torch.tensor(lr), None)
+        w = w - update
+    assert torch.allclose(w, param.detach(), atol=1e-6)
+
+
+def test_lion_program_is_the_builtin_lion_at_its_betas():
+    assert analyze(parse(discovery_tasks.lion_program())).hash == analyze(LION).hash
+    assert analyze(parse(discovery_tasks.lion_program((0.95, 0.98)))).hash != analyze(LION).hash
+
+
+def test_lion_grid_has_adamw_density_and_reaches_a_decade_lower():
+    spec = replace(TINY, lrs=(1e-3, 1e-2))
+    lrs = discovery_tasks.lion_lrs(spec)
+    assert min(lrs) == pytest.approx(1e-4) and max(lrs) == pytest.approx(1e-2) and len(lrs) == 9
+    assert discovery_tasks.LION_WEIGHT_DECAYS == tuple(10 * wd for wd in ADAMW_WEIGHT_DECAYS)
+
+
+def test_tune_picks_the_lowest_mean_loss_and_reports_each_seed_there():
+    spec = replace(TINY, steps=15, seeds=(0, 1))
+    lrs, decays = (0.001, 0.01), (0.0, 1.0)
+    tuned = discovery_tasks.tune(spec, discovery_tasks.lion_step, lrs, decays)
+    task = Task(spec)
+    means = {(wd, lr): task.train(discovery_tasks.lion_step(wd), lrs).losses[lr] for wd in decays for lr in lrs}
+    assert min(means, key=means.get) == (tuned.weight_decay, tuned.lr)
+    assert len(tuned.seed_losses) == 2
+    assert sum(tuned.seed_losses) / 2 == pytest.approx(means[(tuned.weight_decay, tuned.lr)], rel=1e-4)
+    assert tuned.lr_at_edge == (tuned.lr in lrs) and tuned.decay_at_edge == (tuned.weight_decay == 1.0)
+
+
+@pytest.mark.parametrize(
+    ("adamw", "lion", "verdict"),
+    [
+        ([1.0, 1.1, 1.2], [0.8, 0.9, 1.0], "Lion's regime"),  # margin 2 sd, ahead on every seed
+        ([1.0, 1.1, 1.2], [1.05, 1.06, 1.07], "Lion ahead, within spread"),
+        ([1.0, 1.1, 1.2], [0.5, 0.9, 1.3], "Lion ahead, within spread"),  # behind on one seed
+        ([1.0, 1.1, 1.2], [1.2, 1.3, 1.4], "AdamW ahead"),
+    ],
+)
+def test_row_verdict_needs_a_margin_beyond_the_seed_spread_and_every_seed(adamw, lion, verdict):
+    def tuned(losses):
+        return discovery_tasks.Tuned(0.01, 0.1, False, False, losses)
+
+    row = discovery_tasks.row(replace(TINY, seeds=(0, 1, 2)), tuned(adamw), tuned(lion), 0.5)
+    assert dict(zip(discovery_tasks.HEADER, row))["verdict"] == verdict
+    assert float(dict(zip(discovery_tasks.HEADER, row))["Lion/AdamW"]) == pytest.approx(
+        sum(lion) / sum(adamw), abs=1e-3)
+    assert math.isfinite(float(dict(zip(discovery_tasks.HEADER, row))["margin/spread"]))
