@@ -5,6 +5,9 @@ trainer (`training`); fitness is the final validation cross-entropy at the best 
 search scores programs on `PROXY`, checks its best ones on `FUNNEL` (>= 10x the compute, other
 seeds) and reports on `HELDOUT` (text the search never sees, a deeper MLP, other seeds), each
 relative to tuned AdamW (`baseline`, `scoring`).
+
+None of these is in Lion's regime: tuned AdamW beats tuned Lion on each of them and on larger-batch,
+longer, wider and deeper variants (`benchmarks/discovery_tasks.py`, docs/discovery.md).
 """
 
 from __future__ import annotations

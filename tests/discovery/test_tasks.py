@@ -13,7 +13,7 @@ from lion_integrations.discovery import DiscoveredOptimizer, compile_program
 from lion_integrations.discovery.baseline import AdamWStep
 from lion_integrations.discovery.data import stdlib_text
 from lion_integrations.discovery.scoring import Suite
-from lion_integrations.discovery.tasks import TINY, lr_grid
+from lion_integrations.discovery.tasks import FUNNEL, HELDOUT, PROXY, TINY, lr_grid
 from lion_integrations.discovery.training import Task
 from tests.helpers.discovery import LION
 
@@ -95,3 +95,10 @@ def test_text_tasks_use_disjoint_standard_library_text():
     task = Task(replace(TINY, data="text2", context=3, steps=5))
     assert task.data.dim == 3 * 48 and task.data.classes == 48
     assert task.evaluate(LION).loss < task.penalty
+
+
+def test_heldout_task_is_unseen_by_the_search_and_the_funnel_uses_other_seeds():
+    searched = PROXY + FUNNEL
+    assert HELDOUT.data not in {spec.data for spec in searched}
+    assert not set(HELDOUT.seeds) & {seed for spec in searched for seed in spec.seeds}
+    assert not {seed for spec in FUNNEL for seed in spec.seeds} & {seed for spec in PROXY for seed in spec.seeds}
