@@ -35,7 +35,11 @@ Both directions are arithmetic on the code or the value (float exponent bits, co
 selects), never a table look-up: look-ups compile to scalar gathers on CPU, this vectorizes.
 Decoding is exact IEEE float32 arithmetic, the same in eager and compiled code, and defines the
 map. Encoding rounds to the nearest entry, deterministically, ties toward zero (exactly for 4 bits;
-for 8 bits up to float32 rounding of the position inside a decade, a few 1e-8 of the absmax).
+for 8 bits up to float32 rounding of the position inside a decade, a few 1e-8 of the absmax); or,
+for 4 bits, stochastically (`stochastic_code4`, what `Lion4bit` does): to the entry below or above
+with probabilities that make the expected decoded value the input, from counter-based draws
+(`code_draws`: a hash of the step and the element's index, integer arithmetic that every path
+computes alike).
 """
 
 from __future__ import annotations
@@ -151,6 +155,64 @@ def _nearest_index4(magnitude: torch.Tensor) -> torch.Tensor:
     return index
 
 
+# --- 4 bits: stochastic rounding of the codes. -----------------------------------------------------
+
+# With beta2 = 0.99 the momentum moves by 1% of (g - m) a step, mostly less than half the gap
+# between neighbouring 4-bit magnitudes: rounded to nearest, it would never move. So 4-bit codes are
+# rounded stochastically: |x| in [M[j], M[j+1]) becomes M[j+1] with probability
+# (|x| - M[j]) / (M[j+1] - M[j]), else M[j], so E[decode(encode(x))] = x.
+# FOUR_BIT_GAPS[j] = M[j+1] - M[j] in float32, M[0] = 0 and M[1..7] = FOUR_BIT_MAGNITUDES; the gap
+# above M[7] = 1 is 0 (nothing rounds past 1).
+FOUR_BIT_GAPS = (
+    *(float(torch.tensor(high) - torch.tensor(low)) for low, high in zip((0.0, *FOUR_BIT_MAGNITUDES), FOUR_BIT_MAGNITUDES)),
+    0.0,
+)
+# Each element's draw is DRAW_BITS uniform bits of a counter-based hash of (step, element index):
+# the same in torch and in C, whatever the path, the thread count, the block order or the sharding.
+DRAW_BITS = 24
+UINT32_MASK = 0xFFFFFFFF
+# Odd multipliers below 2**31, so that a 32-bit value times one fits an int64 (torch has no uint32).
+HASH_MULTIPLIERS = (0x7FEB352D, 0x2C1B3C6D)
+
+
+def mix32(x):
+    """A 32-bit integer hash (xor-shift-multiply, after Wellons' lowbias32) of `x` in [0, 2**32):
+    a Python int or an int64 tensor, with the same result for both."""
+    first, second = HASH_MULTIPLIERS
+    x = ((x ^ (x >> 16)) * first) & UINT32_MASK
+    x = ((x ^ (x >> 15)) * second) & UINT32_MASK
+    return x ^ (x >> 16)
+
+
+def rounding_key(step: int) -> int:
+    """The 32-bit key of the draws of the codes written by the `step`-th step (counted from 0)."""
+    return mix32(step & UINT32_MASK)
+
+
+def code_draws(rows: int, cols: int, key: int, first_index: int = 0, device=None) -> torch.Tensor:
+    """Uniform int32 draws in [0, 2**DRAW_BITS) for a (rows, cols) tensor in the row layout whose
+    first element has index `first_index` (a shard's offset in its whole tensor): element
+    i (= first_index + row * cols + col) gets the top DRAW_BITS bits of mix32((i mod 2**32) XOR key)."""
+    index = (torch.arange(rows * cols, dtype=torch.int64, device=device) + first_index) & UINT32_MASK
+    return (mix32(index ^ key) >> (32 - DRAW_BITS)).to(torch.int32).view(rows, cols)
+
+
+def _stochastic_index4(magnitude: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """Index j or j + 1 (int32) for magnitudes in [M[j], M[j+1]): up when draw * 2**-DRAW_BITS * gap
+    < |x| - M[j] (magnitudes above 1, by float rounding, count as 1; NaN gives 0)."""
+    magnitude = magnitude.clamp(max=1.0)
+    index = torch.zeros_like(magnitude, dtype=torch.int32)
+    lower = torch.zeros_like(magnitude)
+    gap = torch.full_like(magnitude, FOUR_BIT_GAPS[0])
+    for count, (value, next_gap) in enumerate(zip(FOUR_BIT_MAGNITUDES, FOUR_BIT_GAPS[1:]), start=1):
+        above = magnitude >= value
+        index = torch.where(above, count, index)
+        lower = torch.where(above, value, lower)
+        gap = torch.where(above, next_gap, gap)
+    up = (draws.float() * 2.0**-DRAW_BITS) * gap < magnitude - lower
+    return index + up.to(torch.int32)
+
+
 # --- Codes <-> normalized values. -------------------------------------------------------------
 
 
@@ -169,6 +231,13 @@ def nearest_code(normalized: torch.Tensor, bits: int) -> torch.Tensor:
     magnitude = normalized.abs()
     j = _nearest_index8(magnitude) if bits == 8 else _nearest_index4(magnitude)
     return torch.where(normalized < 0, (1 << bits) - 1 - j, j)
+
+
+def stochastic_code4(normalized: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """Stored 4-bit code (int32) of each value in [-1, 1], rounded stochastically to one of the two
+    map entries around it with `draws` (int32 in [0, 2**DRAW_BITS), `code_draws`): unbiased."""
+    j = _stochastic_index4(normalized.abs(), draws)
+    return torch.where(normalized < 0, 15 - j, j)
 
 
 @functools.lru_cache(maxsize=None)
@@ -203,12 +272,17 @@ def to_unit(values: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
     return (values * rescale) * inverse
 
 
-def encode_nibbles(low: torch.Tensor, high: torch.Tensor):
-    """4-bit blocks given as their two halves (..., L/2): (codes uint8 (..., L/2), absmax (...))."""
+def encode_nibbles(low: torch.Tensor, high: torch.Tensor, draws=None):
+    """4-bit blocks given as their two halves (..., L/2): (codes uint8 (..., L/2), absmax (...)).
+    `draws`: None, nearest rounding; or the halves' draws, a pair like (low, high), for `stochastic_code4`."""
     low, high = low.float(), high.float()
     absmax = torch.maximum(low.abs(), high.abs()).amax(dim=-1)
-    codes = nearest_code(to_unit(low, absmax), 4) | (nearest_code(to_unit(high, absmax), 4) << 4)
-    return codes.to(CODES_DTYPE), absmax
+    if draws is None:
+        low_codes, high_codes = nearest_code(to_unit(low, absmax), 4), nearest_code(to_unit(high, absmax), 4)
+    else:
+        low_codes = stochastic_code4(to_unit(low, absmax), draws[0])
+        high_codes = stochastic_code4(to_unit(high, absmax), draws[1])
+    return (low_codes | (high_codes << 4)).to(CODES_DTYPE), absmax
 
 
 def decode_nibbles(codes: torch.Tensor, absmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,10 +291,13 @@ def decode_nibbles(codes: torch.Tensor, absmax: torch.Tensor) -> tuple[torch.Ten
     return decode_codes(codes & 15, 4) * scale, decode_codes(codes >> 4, 4) * scale
 
 
-def encode_blocks(values: torch.Tensor, bits: int):
-    """Quantize `values` (..., L), one block per last-dim slice: (codes uint8 (..., L or L/2), absmax)."""
+def encode_blocks(values: torch.Tensor, bits: int, draws: torch.Tensor | None = None):
+    """Quantize `values` (..., L), one block per last-dim slice: (codes uint8 (..., L or L/2), absmax).
+    `draws` (4 bits only): None, nearest rounding; or int32 like `values` (`code_draws`), stochastic."""
     if bits == 4:
-        return encode_nibbles(*values.chunk(2, dim=-1))
+        return encode_nibbles(*values.chunk(2, dim=-1), draws=draws.chunk(2, dim=-1) if draws is not None else None)
+    if draws is not None:
+        raise ValueError(f"Invalid draws for bits={bits}: only 4-bit codes are rounded stochastically")
     values = values.float()
     absmax = values.abs().amax(dim=-1)
     return nearest_code(to_unit(values, absmax), bits).to(CODES_DTYPE), absmax
@@ -331,7 +408,11 @@ def dequantize_blockwise(codes: torch.Tensor, absmax: torch.Tensor, shape, bits:
     return values.view(tuple(shape))
 
 
-def max_abs_error(absmax: torch.Tensor, bits: int) -> torch.Tensor:
-    """Worst-case |x - decode(encode(x))| in each block: half the widest gap of the map, times absmax."""
+def max_abs_error(absmax: torch.Tensor, bits: int, stochastic: bool | None = None) -> torch.Tensor:
+    """Worst-case |x - decode(encode(x))| in each block, times absmax: half the widest gap of the map
+    when rounding to nearest, the widest gap when rounding stochastically (`stochastic`; None: as
+    the optimizers store momentum, stochastically for 4 bits, to nearest for 8)."""
+    if stochastic is None:
+        stochastic = bits == 4
     qmap = signed_dynamic_map(bits, absmax.device)
-    return (qmap[1:] - qmap[:-1]).max() / 2 * absmax
+    return (qmap[1:] - qmap[:-1]).max() / (1 if stochastic else 2) * absmax

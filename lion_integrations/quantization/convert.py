@@ -21,6 +21,11 @@ from typing import Any
 import torch
 
 from ..sharding import DTensor, distribute_tensor, local_shard
+
+try:
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+except ImportError:  # torch built without distributed: there are no DTensors
+    compute_local_shape_and_global_offset = None
 from ..state import register_momentum_decoder
 from .codec import (
     ABSMAX_DTYPE,
@@ -31,12 +36,24 @@ from .codec import (
     dequantize_blockwise,
     quantize_blockwise,
     quantized_shapes,
+    rows_and_cols,
 )
 
 CODES, ABSMAX = "exp_avg_codes", "exp_avg_absmax"
 BNB_NESTED = "__bnb_optimizer_quant_state__"
 BNB_KEYS = ("state1", "qmap1", "absmax1")
 BNB_BLOCK_SIZE = 256  # bitsandbytes' block size for its 8-bit optimizers
+
+
+def first_element_index(param: torch.Tensor) -> int:
+    """The index, in the whole tensor's row layout, of the first element of the shard of `param`
+    this rank holds: 0 for a plain tensor; for a DTensor sharded on dim 0 (`QuantizedLion.is_quantized`
+    requires that), its first row times the row length. Draws of stochastically rounded codes
+    (`codec.code_draws`) follow these indices, so a sharded step rounds as the unsharded one."""
+    if not isinstance(param, DTensor):
+        return 0
+    _, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+    return offset[0] * rows_and_cols(param.shape)[1] if offset else 0
 
 
 def is_quantized_entry(entry: Any) -> bool:

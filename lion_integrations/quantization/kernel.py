@@ -33,6 +33,7 @@ from . import simd
 from .codec import (
     CODES_DTYPE,
     block_views,
+    code_draws,
     contiguous_strides,
     decode_blocks,
     decode_nibbles,
@@ -50,7 +51,7 @@ WORKSPACE_BYTES = 1 << 24
 
 def quantized_lion_step_(
     param, grad, codes, absmax, new_codes, step_size, update_weight, momentum_weight, decay, *, bits, cautious=False,
-    compensation=None, random_bits=None,
+    compensation=None, random_bits=None, code_draws=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step on blocks: `param`, `grad` (..., L); `codes`, `new_codes` (..., L or L/2); `absmax` (...).
 
@@ -60,7 +61,8 @@ def quantized_lion_step_(
     halves (..., L/2), the elements of the low and of the high nibbles, so that every loop runs over bytes.
     `cautious`: the masked rule, with `step_size` the parameter's cautious step size. `compensation`
     (the Kahan buffer) and `random_bits` (stochastic rounding's draws) are laid out like `param`, or
-    None (`rule.store_weight_`).
+    None (`rule.store_weight_`). `code_draws`: None, codes rounded to nearest; or (4 bits) the
+    codec's draws (`codec.code_draws`), laid out like `param`, for stochastically rounded codes.
     """
     scalars = (step_size, update_weight, momentum_weight, decay)
     if bits == 4:
@@ -73,7 +75,7 @@ def quantized_lion_step_(
                 random_bits=random_bits[half] if random_bits is not None else None,
             )
             skipped = skipped + (~finite).sum(-1, dtype=torch.int32)
-        encoded, new_absmax = encode_nibbles(*exp_avgs)
+        encoded, new_absmax = encode_nibbles(*exp_avgs, draws=code_draws)
     else:
         exp_avg = decode_blocks(codes, absmax, bits)
         finite = lion_step_tensor_(
@@ -81,7 +83,7 @@ def quantized_lion_step_(
             random_bits=random_bits,
         )
         skipped = (~finite).sum(-1, dtype=torch.int32)
-        encoded, new_absmax = encode_blocks(exp_avg, bits)
+        encoded, new_absmax = encode_blocks(exp_avg, bits, code_draws)
     new_codes.copy_(encoded)
     return new_absmax, skipped
 
@@ -89,42 +91,42 @@ def quantized_lion_step_(
 # One function per (bits, part, cautious) so that each has its own code object, hence its own Dynamo
 # cache: full blocks (rows, n, block_size) and a row's short last block (rows, 1, t) are different graphs.
 # `compensation` and `random_bits` (None, or as `param`: pairs of halves for 4 bits) select the bf16/fp16
-# weight store; Dynamo keeps one graph per store.
-def _step8_full(param, grad, codes, absmax, new_codes, scalars, compensation=None, random_bits=None):
-    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, bits=8)
+# weight store, `code_draws` (None, or as `param`) stochastic codes; Dynamo keeps one graph per choice.
+def _step8_full(param, grad, codes, absmax, new_codes, scalars, compensation=None, random_bits=None, code_draws=None):
+    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, code_draws=code_draws, bits=8)
 
 
-def _step8_tail(param, grad, codes, absmax, new_codes, scalars, compensation=None, random_bits=None):
-    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, bits=8)
+def _step8_tail(param, grad, codes, absmax, new_codes, scalars, compensation=None, random_bits=None, code_draws=None):
+    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, code_draws=code_draws, bits=8)
 
 
-def _step4_full(param_low, param_high, grad_low, grad_high, codes, absmax, new_codes, scalars, compensation=None, random_bits=None):
+def _step4_full(param_low, param_high, grad_low, grad_high, codes, absmax, new_codes, scalars, compensation=None, random_bits=None, code_draws=None):
     return quantized_lion_step_(
-        (param_low, param_high), (grad_low, grad_high), codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, bits=4)
+        (param_low, param_high), (grad_low, grad_high), codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, code_draws=code_draws, bits=4)
 
 
-def _step4_tail(param_low, param_high, grad_low, grad_high, codes, absmax, new_codes, scalars, compensation=None, random_bits=None):
+def _step4_tail(param_low, param_high, grad_low, grad_high, codes, absmax, new_codes, scalars, compensation=None, random_bits=None, code_draws=None):
     return quantized_lion_step_(
-        (param_low, param_high), (grad_low, grad_high), codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, bits=4)
+        (param_low, param_high), (grad_low, grad_high), codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, code_draws=code_draws, bits=4)
 
 
-def _cautious_step8_full(param, grad, codes, absmax, new_codes, scalars, compensation=None, random_bits=None):
-    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, bits=8, cautious=True)
+def _cautious_step8_full(param, grad, codes, absmax, new_codes, scalars, compensation=None, random_bits=None, code_draws=None):
+    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, code_draws=code_draws, bits=8, cautious=True)
 
 
-def _cautious_step8_tail(param, grad, codes, absmax, new_codes, scalars, compensation=None, random_bits=None):
-    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, bits=8, cautious=True)
+def _cautious_step8_tail(param, grad, codes, absmax, new_codes, scalars, compensation=None, random_bits=None, code_draws=None):
+    return quantized_lion_step_(param, grad, codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, code_draws=code_draws, bits=8, cautious=True)
 
 
-def _cautious_step4_full(param_low, param_high, grad_low, grad_high, codes, absmax, new_codes, scalars, compensation=None, random_bits=None):
+def _cautious_step4_full(param_low, param_high, grad_low, grad_high, codes, absmax, new_codes, scalars, compensation=None, random_bits=None, code_draws=None):
     return quantized_lion_step_(
-        (param_low, param_high), (grad_low, grad_high), codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, bits=4,
+        (param_low, param_high), (grad_low, grad_high), codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, code_draws=code_draws, bits=4,
         cautious=True)
 
 
-def _cautious_step4_tail(param_low, param_high, grad_low, grad_high, codes, absmax, new_codes, scalars, compensation=None, random_bits=None):
+def _cautious_step4_tail(param_low, param_high, grad_low, grad_high, codes, absmax, new_codes, scalars, compensation=None, random_bits=None, code_draws=None):
     return quantized_lion_step_(
-        (param_low, param_high), (grad_low, grad_high), codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, bits=4,
+        (param_low, param_high), (grad_low, grad_high), codes, absmax, new_codes, *scalars.unbind(), compensation=compensation, random_bits=random_bits, code_draws=code_draws, bits=4,
         cautious=True)
 
 
@@ -163,11 +165,11 @@ def _row_slices(rows: int, bytes_per_row: int, fused: bool):
 
 
 def step_quantized_param_(param, grad, codes, absmax, coefficients, *, bits, block_size, fused, cautious=False,
-                          compensation=None, draw=None):
+                          compensation=None, draw=None, rounding=None):
     """Step one parameter (or local shard) whose momentum is `codes`/`absmax` in the row layout;
     returns how many of its gradient elements were non-finite (skipped)."""
     return step_quantized_params_(
-        [(param, grad, codes, absmax, compensation, draw)], coefficients, bits=bits, block_size=block_size,
+        [(param, grad, codes, absmax, compensation, draw, rounding)], coefficients, bits=bits, block_size=block_size,
         fused=fused, cautious=cautious,
     )[0]
 
@@ -175,9 +177,12 @@ def step_quantized_param_(param, grad, codes, absmax, coefficients, *, bits, blo
 def step_quantized_params_(
     items, coefficients: LionCoefficients, *, bits: int, block_size: int, fused: bool, cautious: bool = False
 ) -> list:
-    """Step parameters of one param group on one device: `items` are (param, grad, codes, absmax) or
-    (param, grad, codes, absmax, compensation, draw), with the Kahan buffer or None, and None or
-    `draw(param)` giving stochastic rounding's random bits (called in the order of `items`).
+    """Step parameters of one param group on one device: `items` are (param, grad, codes, absmax),
+    optionally followed by compensation, draw and rounding: the Kahan buffer or None; None or
+    `draw(param)` giving stochastic rounding's random bits (called in the order of `items`); None
+    (codes rounded to nearest) or (key, first index) for stochastically rounded 4-bit codes: the
+    `codec.rounding_key` of this step and the index of the shard's first element in its whole
+    tensor (`codec.code_draws`, computed in the AVX-512 kernel alike).
 
     Fused, fp32 parameters on a CPU with AVX-512 run `simd`'s kernel, all in one call, and bf16/fp16
     ones too, through an fp32 copy (`_step_fp32_copy_`); the others the compiled step, one call per
@@ -185,16 +190,18 @@ def step_quantized_params_(
     masked rule, `coefficients.step_size` being the cautious step size of every item. Returns, per
     item, how many gradient elements were non-finite and skipped (an int, or a 0-dim tensor).
     """
-    kernel_tensors, kernel_items, write_back, scalars = ([], [], [], []), [], [], {}
+    kernel_tensors, kernel_keys, kernel_items, write_back, scalars = ([], [], [], []), [], [], [], {}
     skipped: list = [0] * len(items)
     for position, (param, grad, codes, absmax, *store) in enumerate(items):
-        compensation, draw = store if store else (None, None)
+        compensation, draw, rounding = (*store, None, None, None)[:3]
+        if rounding is not None and bits != 4:
+            raise ValueError(f"Invalid rounding for bits={bits}: only 4-bit codes are rounded stochastically")
         rows = absmax.shape[0]
         if param.numel() == 0 or rows == 0:
             continue
         if fused and (draw is not None or param.dtype in LOW_PRECISION_DTYPES and simd.applies(param.float(), grad.float())):
             skipped[position] = _step_fp32_copy_(
-                param, grad, codes, absmax, coefficients, compensation, draw, bits, block_size, cautious
+                param, grad, codes, absmax, coefficients, compensation, draw, rounding, bits, block_size, cautious
             )
             continue
         # Plain tensors sharing the storage (views of a leaf that requires grad trip autograd checks
@@ -212,16 +219,20 @@ def step_quantized_params_(
         if fused and simd.applies(param, grad) and store_rows == (None, None):
             for bucket, tensor in zip(kernel_tensors, as_rows):
                 bucket.append(tensor)
+            kernel_keys.append(rounding)
             kernel_items.append(position)
             continue
+        draws_rows = code_draws(*as_rows[0].shape, *rounding, device=param.device) if rounding is not None else None
         dtype = compute_dtype(param, absmax)
         if fused and dtype not in scalars:
             scalars[dtype] = coefficients.as_tensor(param.device, dtype)
         skipped[position] = _step_blocks_(
-            *as_rows, coefficients, bits, block_size, fused, scalars.get(dtype), cautious, *store_rows
+            *as_rows, coefficients, bits, block_size, fused, scalars.get(dtype), cautious, *store_rows, draws_rows
         )
     if kernel_tensors[0]:
-        counts = simd.step_(*kernel_tensors, coefficients, bits=bits, block_size=block_size, cautious=cautious)
+        counts = simd.step_(
+            *kernel_tensors, coefficients, bits=bits, block_size=block_size, cautious=cautious, roundings=kernel_keys
+        )
         for position, count in zip(kernel_items, counts):
             skipped[position] = count
     for work, original in write_back:
@@ -229,7 +240,8 @@ def step_quantized_params_(
     return skipped
 
 
-def _step_fp32_copy_(param, grad, codes, absmax, coefficients, compensation, draw, bits, block_size, cautious):
+def _step_fp32_copy_(param, grad, codes, absmax, coefficients, compensation, draw, rounding, bits, block_size,
+                     cautious):
     """The fused step of a bf16/fp16 parameter through its fp32 weight (`rule.weight_in`, a copy),
     stepped by the AVX-512 kernel where it applies (else compiled) and stored back with
     `rule.store_weight_`: the eager step's arithmetic and draws, bit for bit. Taken on CPUs with the
@@ -240,7 +252,8 @@ def _step_fp32_copy_(param, grad, codes, absmax, coefficients, compensation, dra
     if weight.data_ptr() == param.data_ptr():
         weight = weight.clone()
     (skipped,) = step_quantized_params_(
-        [(weight, grad.float(), codes, absmax)], coefficients, bits=bits, block_size=block_size, fused=True,
+        [(weight, grad.float(), codes, absmax, None, None, rounding)], coefficients, bits=bits, block_size=block_size,
+        fused=True,
         cautious=cautious,
     )
     store_weight_(param.detach(), weight, compensation, random_bits)
@@ -248,15 +261,17 @@ def _step_fp32_copy_(param, grad, codes, absmax, coefficients, compensation, dra
 
 
 def _step_blocks_(param_rows, grad_rows, codes_rows, absmax, coefficients, bits, block_size, fused, scalars,
-                  cautious=False, compensation_rows=None, random_bits_rows=None):
+                  cautious=False, compensation_rows=None, random_bits_rows=None, draws_rows=None):
     """`quantized_lion_step_` over the block views of 2-D rows: compiled (fused, with the step's
-    scalars as one tensor) or eagerly. `compensation_rows`, `random_bits_rows`: as `param_rows`, or
-    None. Returns the number of skipped (non-finite) gradient elements."""
+    scalars as one tensor) or eagerly. `compensation_rows`, `random_bits_rows`, `draws_rows` (the
+    codes' draws): as `param_rows`, or None. Returns the number of skipped (non-finite) gradient elements."""
     if fused:
         torch._dynamo.mark_static(scalars)  # its 4 is a constant, not a size shared with blocks
         key = dtype_key(param_rows, grad_rows)
         if compensation_rows is not None or random_bits_rows is not None:
             key += "_kahan" if compensation_rows is not None else "_stochastic"
+        if draws_rows is not None:
+            key += "_stochastic_codes"
 
     def value_parts(rows, start, stop):
         if rows is None:
@@ -270,22 +285,23 @@ def _step_blocks_(param_rows, grad_rows, codes_rows, absmax, coefficients, bits,
         grad_parts = value_parts(grad_rows, start, stop)
         compensation_parts = value_parts(compensation_rows, start, stop)
         random_bits_parts = value_parts(random_bits_rows, start, stop)
-        for name, (part_param, part_codes, part_absmax), part_grad, part_compensation, part_random_bits in zip(
-            ("full", "tail"), parts, grad_parts, compensation_parts, random_bits_parts
+        draws_parts = value_parts(draws_rows, start, stop)
+        for name, (part_param, part_codes, part_absmax), part_grad, part_compensation, part_random_bits, part_draws in zip(
+            ("full", "tail"), parts, grad_parts, compensation_parts, random_bits_parts, draws_parts
         ):
             if part_param.numel() == 0:
                 continue
             targets = (part_param, part_compensation)
             if bits == 4 and part_param.shape[-1] % 2:  # a short block of odd length: a copy padded to whole bytes
-                part_param, part_grad, part_compensation, part_random_bits = (
+                part_param, part_grad, part_compensation, part_random_bits, part_draws = (
                     padded_to_whole_bytes(t) if t is not None else None
-                    for t in (part_param, part_grad, part_compensation, part_random_bits)
+                    for t in (part_param, part_grad, part_compensation, part_random_bits, part_draws)
                 )
             stepped = (part_param, part_compensation)
             if bits == 4:  # as the elements of the low and of the high nibbles
-                part_param, part_grad, part_compensation, part_random_bits = (
+                part_param, part_grad, part_compensation, part_random_bits, part_draws = (
                     t.chunk(2, dim=-1) if t is not None else None
-                    for t in (part_param, part_grad, part_compensation, part_random_bits)
+                    for t in (part_param, part_grad, part_compensation, part_random_bits, part_draws)
                 )
             if fused:
                 new_codes = _workspace_like(part_codes)
@@ -293,13 +309,14 @@ def _step_blocks_(param_rows, grad_rows, codes_rows, absmax, coefficients, bits,
                 new_absmax, part_skipped = run_compiled(
                     compiled_quantized_step(bits, name, cautious, key), _STEPS[bits, name, cautious],
                     f"{bits}-bit {name} blocks of {key}", *tensors, part_codes, part_absmax, new_codes, scalars,
-                    part_compensation, part_random_bits,
+                    part_compensation, part_random_bits, part_draws,
                 )
                 part_codes.copy_(new_codes)
             else:
                 new_absmax, part_skipped = quantized_lion_step_(
                     part_param, part_grad, part_codes, part_absmax, part_codes, *coefficients.scalars(), bits=bits,
                     cautious=cautious, compensation=part_compensation, random_bits=part_random_bits,
+                    code_draws=part_draws,
                 )
             part_absmax.copy_(new_absmax)
             skipped = skipped + part_skipped.sum()

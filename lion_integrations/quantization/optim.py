@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..cautious import cautious_step_sizes
+from ..checks import check_int
 from ..optimizer import Lion, fallback_path, param_description
 from ..rule import LionCoefficients, kept_count
 from ..sharding import DTensor, Replicate, Shard, local_shard
@@ -29,6 +30,7 @@ from .codec import (
     check_min_quantized_size,
     dequantize_blockwise,
     quantized_shapes,
+    rounding_key,
     rows_and_cols,
 )
 from .convert import (
@@ -38,6 +40,7 @@ from .convert import (
     encode_momentum,
     is_quantized_entry,
     local_like,
+    first_element_index,
     local_shape,
     saved_codec,
     wrap_like,
@@ -48,6 +51,8 @@ from .kernel import quantized_fused_unavailable_reason, step_quantized_params_
 # would cost more than a quarter of the codes.
 MIN_ROW_LENGTH = 16
 CODEC_KEYS = ("bits", "block_size", "min_quantized_size")
+# A 4-bit param group's count of steps, the step in the draws of its stochastically rounded codes.
+ROUNDED_STEPS = "code_rounding_steps"
 _warned_placements: set[str] = set()
 _warned_flat_buffers: set[tuple[str, int]] = set()
 
@@ -226,17 +231,22 @@ class QuantizedLion(Lion):
         `_quantized_path` (`Lion.step` steps the others); returns, for each, (parameter, skipped
         non-finite gradient elements, elements)."""
         quantized, sources, names = {}, {}, {}
+        key = rounding_key(group.setdefault(ROUNDED_STEPS, 0)) if group["bits"] == 4 else None
         for index, param, grad, state in items:
             if CODES in state:
                 local_param = local_shard(param)
                 compensation, draw = self.weight_store_of(param, group, state)
+                rounding = (key, first_element_index(param)) if key is not None else None
                 quantized.setdefault(local_param.device, []).append(
-                    (local_param, grad, local_shard(state[CODES]), local_shard(state[ABSMAX]), compensation, draw)
+                    (local_param, grad, local_shard(state[CODES]), local_shard(state[ABSMAX]), compensation, draw,
+                     rounding)
                 )
                 sources.setdefault(local_param.device, []).append(param)
                 names.setdefault(local_param.device, []).append(param_description(group, group_index, index))
         if not quantized:
             return []
+        if key is not None:
+            group[ROUNDED_STEPS] += 1
         coefficients = LionCoefficients.from_group(group["lr"], group["betas"], group["weight_decay"])
         codec = dict(bits=group["bits"], block_size=group["block_size"])
         if group["cautious"]:
@@ -275,6 +285,8 @@ class QuantizedLion(Lion):
         checked = super()._checked_state_dict(state_dict)
         for group, saved in zip(self.param_groups, checked["param_groups"]):
             saved.update({key: group[key] for key in CODEC_KEYS})
+            if self.bits == 4:  # a checkpoint of Lion, Lion8bit or an older Lion4bit starts counting
+                saved[ROUNDED_STEPS] = check_int(saved.get(ROUNDED_STEPS, 0), ROUNDED_STEPS, minimum=0)
         return checked
 
     def _load_state_entry(self, param, entry, group, saved_group, label):
@@ -346,6 +358,15 @@ class Lion4bit(QuantizedLion):
     As `Lion8bit`, with 16 codes (a signed dynamic map) packed two per byte along each row:
     ``exp_avg_codes`` is uint8 of shape ``(shape[0], ceil(numel / shape[0] / 2))``. `block_size` must
     be even.
+
+    The codes are rounded stochastically (`codec.stochastic_code4`): a momentum value between two map
+    entries becomes the upper one with probability proportional to its distance from the lower, so
+    the stored momentum is unbiased, E[decode(encode(m))] = m. Rounded to nearest, Lion's momentum
+    (which moves by 1 - beta2 = 1% of g - m a step) would mostly not move at all: 4 bits put
+    neighbouring entries 1.78x apart. The draws are a hash of (step, element index in the whole
+    tensor), the same on every path (eager, compiled, AVX-512), thread count, data-parallel rank
+    and shard; each param group counts its steps in ``group["code_rounding_steps"]``, which the
+    state dict keeps, so a resumed run continues bit for bit.
     """
 
     bits = 4

@@ -8,7 +8,8 @@ module completes it from the two sources it must not restate:
 * the rule: `avx512.rule_source` (`rule.lion_update_finite_` written as AVX-512 statements) goes in
   front of it;
 * the codec: the decode tables are `codec.decode_codes` of every code, the encode constants those
-  of `codec.nearest_code`, so both directions give the codec's values (tests compare them).
+  of `codec.nearest_code` and `codec.stochastic_code4` (its magnitudes, gaps and `codec.mix32`'s
+  multipliers), so both directions give the codec's values (tests compare them).
 
 `avx512.load_library` compiles and caches it; where that fails, or the CPU lacks AVX-512 (with
 VBMI, for the byte permutes), `unavailable_reason` says why and the fused step stays the Inductor one.
@@ -28,7 +29,11 @@ from ..avx512 import CPU_FEATURES, float32, float_literal, kernel_unavailable_re
 from .codec import (
     DECADE_SCALE,
     DECADES,
+    DRAW_BITS,
+    FOUR_BIT_GAPS,
+    FOUR_BIT_MAGNITUDES,
     FOUR_BIT_MIDPOINTS,
+    HASH_MULTIPLIERS,
     RESCALE,
     TINY_ABSMAX,
     decade_encode_constants,
@@ -73,6 +78,12 @@ def magnitude_bytes8() -> str:
     return ", ".join("{" + ", ".join(map(str, plane.tolist())) + "}" for plane in planes)
 
 
+def magnitude_floors4() -> list[float]:
+    """The float32 just below each 4-bit magnitude: |x| > floor exactly when |x| >= magnitude, so
+    count_below gives `codec.stochastic_code4`'s lower index."""
+    return [float(torch.nextafter(torch.tensor(m), torch.tensor(0.0))) for m in FOUR_BIT_MAGNITUDES]
+
+
 def source_code() -> str:
     """simd_step.cpp with the rule and the codec's tables filled in."""
     encode8 = [decade_encode_constants(decade) for decade in range(DECADES)]
@@ -91,6 +102,13 @@ def source_code() -> str:
         "OFFSET8": _lanes(offset for _, offset, _ in encode8),
         "MIDPOINTS_BELOW4": ", ".join(map(str, counts_below_buckets(FOUR_BIT_MIDPOINTS, 4))),
         "MIDPOINTS4": _lanes(FOUR_BIT_MIDPOINTS, pad=math.inf),
+        "FLOORS_BELOW4": ", ".join(map(str, counts_below_buckets(magnitude_floors4(), 4))),
+        "FLOORS4": _lanes(magnitude_floors4(), pad=math.inf),
+        "LOWER4": _lanes((0.0, *FOUR_BIT_MAGNITUDES)),
+        "GAPS4": _lanes(FOUR_BIT_GAPS),
+        "DRAW_BITS": str(DRAW_BITS),
+        "HASH_MULTIPLIER1": f"{HASH_MULTIPLIERS[0]:#x}u",
+        "HASH_MULTIPLIER2": f"{HASH_MULTIPLIERS[1]:#x}u",
         "TINY_ABSMAX": float_literal(TINY_ABSMAX),
         "RESCALE": float_literal(RESCALE),
         **{f"SHIFT{bits}": str(shift) for bits, (shift, _) in BUCKETS.items()},
@@ -114,7 +132,7 @@ def compiled_step() -> Callable[..., int]:
     entry_point.argtypes = (
         [ctypes.c_int] + [ctypes.POINTER(ctypes.c_void_p)] * 4 + [ctypes.POINTER(ctypes.c_int64)] * 2
         + [ctypes.c_int64, ctypes.c_int, ctypes.c_int] + [ctypes.c_float] * 4
-        + [ctypes.c_int, ctypes.POINTER(ctypes.c_int64)]
+        + [ctypes.c_int] + [ctypes.POINTER(ctypes.c_int64)] * 3
     )
     return entry_point
 
@@ -135,11 +153,14 @@ def applies(param: torch.Tensor, grad: torch.Tensor) -> bool:
 
 
 def step_(
-    params, grads, codes, absmaxes, coefficients, *, bits: int, block_size: int, cautious: bool = False
+    params, grads, codes, absmaxes, coefficients, *, bits: int, block_size: int, cautious: bool = False,
+    roundings=None,
 ) -> list[int]:
     """One step, in place, of contiguous (rows, cols) fp32 parameters with their gradients, codes and
     absmax (contiguous, in the codec's row layout), all of one param group, in one kernel call
     (`cautious`: the masked rule, with `coefficients.step_size` the cautious step size of all).
+    `roundings`: per parameter, None (codes rounded to nearest) or (key, first index) of its
+    stochastically rounded 4-bit codes (`codec.code_draws`); None for all nearest.
     Returns, per parameter, how many gradient elements were NaN or inf (and skipped)."""
     count = len(params)
     if not count:
@@ -152,10 +173,16 @@ def step_(
     def sizes(dim):
         return (ctypes.c_int64 * count)(*(param.shape[dim] for param in params))
 
+    roundings = roundings or [None] * count
+    keys = (ctypes.c_int64 * count)(*(-1 if rounding is None else rounding[0] for rounding in roundings))
+    first_indices = (ctypes.c_int64 * count)(*(0 if rounding is None else rounding[1] for rounding in roundings))
+    if bits != 4 and any(key >= 0 for key in keys):
+        raise ValueError(f"Invalid roundings for bits={bits}: only 4-bit codes are rounded stochastically")
+
     failed = compiled_step()(
         count, pointers(params), pointers(grads), pointers(codes), pointers(absmaxes), sizes(0), sizes(1),
         block_size, bits, int(cautious), coefficients.step_size, coefficients.update_weight, coefficients.momentum_weight,
-        coefficients.decay, torch.get_num_threads(), skipped,
+        coefficients.decay, torch.get_num_threads(), skipped, keys, first_indices,
     )
     if failed:
         raise MemoryError("lion_integrations: the AVX-512 quantized step could not allocate its block buffers")

@@ -86,6 +86,36 @@ static inline __m512i encode4(__m512 x) {
     return _mm512_mask_sub_epi32(j, negative(x), _mm512_set1_epi32(15), j);
 }
 
+static const int32_t FLOORS_BELOW4[16] __attribute__((aligned(64))) = {@FLOORS_BELOW4@};
+static const float FLOORS4[16] __attribute__((aligned(64))) = {@FLOORS4@};
+static const float LOWER4[16] __attribute__((aligned(64))) = {@LOWER4@};
+static const float GAPS4[16] __attribute__((aligned(64))) = {@GAPS4@};
+
+// codec.code_draws for the 16 elements of indices first .. first + 15: the top DRAW_BITS bits of
+// codec.mix32((index mod 2**32) XOR key), in wrapping 32-bit arithmetic.
+static inline __m512i code_draws16(int64_t first, uint32_t key) {
+    __m512i index = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(uint32_t)first),
+                                     _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    __m512i x = _mm512_xor_si512(index, _mm512_set1_epi32((int32_t)key));
+    x = _mm512_mullo_epi32(_mm512_xor_si512(x, _mm512_srli_epi32(x, 16)), _mm512_set1_epi32((int32_t)@HASH_MULTIPLIER1@));
+    x = _mm512_mullo_epi32(_mm512_xor_si512(x, _mm512_srli_epi32(x, 15)), _mm512_set1_epi32((int32_t)@HASH_MULTIPLIER2@));
+    x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+    return _mm512_srli_epi32(x, 32 - @DRAW_BITS@);
+}
+
+// codec.stochastic_code4: |x| (clamped to 1, NaN to 0) in [M[j], M[j+1]) -- j = how many of the
+// floats just below the magnitudes lie below |x| -- gets j + 1 when draw * 2**-DRAW_BITS * gap < |x| - M[j].
+static inline __m512i encode4_stochastic(__m512 x, __m512i draws) {
+    __m512 magnitude = _mm512_max_ps(_mm512_min_ps(_mm512_set1_ps(1.0f), _mm512_abs_ps(x)), _mm512_setzero_ps());
+    __m512i j = count_below(magnitude, FLOORS_BELOW4, FLOORS4, @SHIFT4@, @FIRST_BUCKET4@);
+    __m512 lower = _mm512_permutexvar_ps(j, _mm512_load_ps(LOWER4));
+    __m512 gap = _mm512_permutexvar_ps(j, _mm512_load_ps(GAPS4));
+    __m512 threshold = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(draws), _mm512_set1_ps(1.0f / (1 << @DRAW_BITS@))), gap);
+    __mmask16 up = _mm512_cmp_ps_mask(threshold, _mm512_sub_ps(magnitude, lower), _CMP_LT_OQ);
+    j = _mm512_mask_add_epi32(j, up, j, _mm512_set1_epi32(1));
+    return _mm512_mask_sub_epi32(j, negative(x), _mm512_set1_epi32(15), j);
+}
+
 static inline __mmask64 bytes(int64_t remaining) {
     return remaining >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << remaining) - 1);
 }
@@ -183,9 +213,11 @@ static float step_block8(float *p, const float *g, uint8_t *codes, float absmax,
 
 // As step_block8 for 4-bit codes: the low nibbles' elements [0, half), then the high nibbles'
 // [half, length), each in memory order; the buffer holds the low ones at 0, the high ones at `high`.
+// key < 0: codes rounded to nearest; else stochastically, with the draws of key and the element
+// indices from `first_index` (the block's first element's, row * cols + column).
 template <class Scalars>
 static float step_block4(float *p, const float *g, uint8_t *codes, float absmax, int64_t length, float *buffer,
-                         const Scalars &coefficients, int64_t *skipped) {
+                         const Scalars &coefficients, int64_t *skipped, int64_t first_index, int64_t key) {
     const __m512 table = _mm512_mul_ps(_mm512_load_ps(DECODE4), _mm512_set1_ps(absmax));  // decode(c) * absmax
     int64_t half = (length + 1) / 2, high = (half + 15) & ~(int64_t)15;
     __m512i largest = _mm512_setzero_si512();
@@ -214,8 +246,16 @@ static float step_block4(float *p, const float *g, uint8_t *codes, float absmax,
             _mm_prefetch((const char *)(g + length + 2 * i + 16 * line), _MM_HINT_T0);
         }
         if (i % 64 == 0) _mm_prefetch((const char *)(codes + half + i), _MM_HINT_T0);
-        __m512i low = encode4(_mm512_mul_ps(_mm512_loadu_ps(buffer + i), to_unit));
-        __m512i high_nibble = encode4(_mm512_mul_ps(_mm512_loadu_ps(buffer + high + i), to_unit));
+        __m512 low_unit = _mm512_mul_ps(_mm512_loadu_ps(buffer + i), to_unit);
+        __m512 high_unit = _mm512_mul_ps(_mm512_loadu_ps(buffer + high + i), to_unit);
+        __m512i low, high_nibble;
+        if (key < 0) {
+            low = encode4(low_unit);
+            high_nibble = encode4(high_unit);
+        } else {
+            low = encode4_stochastic(low_unit, code_draws16(first_index + i, (uint32_t)key));
+            high_nibble = encode4_stochastic(high_unit, code_draws16(first_index + half + i, (uint32_t)key));
+        }
         __m512i byte = _mm512_or_si512(low, _mm512_slli_epi32(high_nibble, 4));
         _mm_mask_storeu_epi8(codes + i, lanes(half - i), _mm512_cvtepi32_epi8(byte));
     }
@@ -231,7 +271,8 @@ static float step_block4(float *p, const float *g, uint8_t *codes, float absmax,
 template <class Scalars>
 static int step_parameters(int count, float *const *params, const float *const *grads, uint8_t *const *codes,
                            float *const *absmaxes, const int64_t *rows, const int64_t *cols, int64_t block_size,
-                           int bits, const Scalars &coefficients, int threads, int64_t *skipped) {
+                           int bits, const Scalars &coefficients, int threads, int64_t *skipped, const int64_t *keys,
+                           const int64_t *first_indices) {
     int64_t codes_per_block = bits == 8 ? block_size : block_size / 2, longest = 0;
     for (int t = 0; t < count; t++) longest = cols[t] > longest ? cols[t] : longest;
     longest = longest < block_size ? longest : block_size;  // no block is longer than its row
@@ -261,7 +302,8 @@ static int step_parameters(int count, float *const *params, const float *const *
                 uint8_t *c = codes[t] + row * codes_per_row + block * codes_per_block;
                 float *a = absmaxes[t] + index;
                 *a = bits == 8 ? step_block8(p, g, c, *a, length, buffer, coefficients, &skipped_here)
-                               : step_block4(p, g, c, *a, length, buffer, coefficients, &skipped_here);
+                               : step_block4(p, g, c, *a, length, buffer, coefficients, &skipped_here,
+                                             first_indices[t] + row * cols[t] + start, keys[t]);
                 if (++block == blocks_per_row) {
                     block = 0;
                     row++;
@@ -278,13 +320,17 @@ static int step_parameters(int count, float *const *params, const float *const *
 }
 
 // cautious: the masked rule (rule.py), step_size being every parameter's cautious step size.
+// keys[t]: -1, parameter t's 4-bit codes rounded to nearest; else the 32-bit codec.rounding_key of
+// their stochastic rounding, first_indices[t] the index of its first element in its whole tensor
+// (a shard's offset; codec.code_draws). 8 bits: always nearest.
 extern "C" int quantized_lion_step(int count, float *const *params, const float *const *grads, uint8_t *const *codes,
                                    float *const *absmaxes, const int64_t *rows, const int64_t *cols,
                                    int64_t block_size, int bits, int cautious, float step_size, float update_weight,
-                                   float momentum_weight, float decay, int threads, int64_t *skipped) {
+                                   float momentum_weight, float decay, int threads, int64_t *skipped,
+                                   const int64_t *keys, const int64_t *first_indices) {
     auto step = [&](const auto &coefficients) {
         return step_parameters(count, params, grads, codes, absmaxes, rows, cols, block_size, bits, coefficients,
-                               threads, skipped);
+                               threads, skipped, keys, first_indices);
     };
     return cautious ? with_coefficients<true>(step_size, update_weight, momentum_weight, decay, step)
                     : with_coefficients<false>(step_size, update_weight, momentum_weight, decay, step);
