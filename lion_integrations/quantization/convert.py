@@ -21,11 +21,6 @@ from typing import Any
 import torch
 
 from ..sharding import DTensor, distribute_tensor, local_shard
-
-try:
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-except ImportError:  # torch built without distributed: there are no DTensors
-    compute_local_shape_and_global_offset = None
 from ..state import register_momentum_decoder
 from .codec import (
     ABSMAX_DTYPE,
@@ -38,6 +33,11 @@ from .codec import (
     quantized_shapes,
     rows_and_cols,
 )
+
+try:
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+except ImportError:  # torch built without distributed: there are no DTensors
+    compute_local_shape_and_global_offset = None
 
 CODES, ABSMAX = "exp_avg_codes", "exp_avg_absmax"
 BNB_NESTED = "__bnb_optimizer_quant_state__"

@@ -53,11 +53,11 @@ def test_8bit_and_4bit_track_fp32_lion_over_200_steps():
     assert all("exp_avg_codes" in optimizer8.state[p] for p in optimizer8.param_groups[0]["params"] if p.dim() == 2)
     assert all("exp_avg_codes" in optimizer4.state[p] for p in optimizer4.param_groups[0]["params"] if p.dim() == 2)
     assert full < 0.1 * initial  # the task is learned
-    # Stated tolerances. 8-bit: within 0.01 (measured: 0.0416 fp32, 0.0412 8-bit). 4-bit loses more:
-    # deterministic rounding drops momentum updates smaller than half a code gap (beta2=0.99 moves m
-    # by 1% a step), so it must only reach 0.25 (measured 0.17) and learn >= 90% of the way.
+    # Stated tolerances. 8-bit: within 0.01 (measured: 0.0416 fp32, 0.0412 8-bit). 4-bit: within
+    # 0.025 (measured 0.0582; its stochastically rounded codes keep the momentum unbiased; rounded to
+    # nearest they dropped updates below half a code gap, beta2=0.99 moving m by 1% a step: 0.174).
     assert abs(q8 - full) <= 0.01
-    assert q4 <= 0.25 and (initial - q4) >= 0.9 * (initial - full)
+    assert abs(q4 - full) <= 0.025
 
 
 @pytest.mark.parametrize("bits, bound", [(8, 1.02), (4, 0.52)])
