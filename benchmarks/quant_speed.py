@@ -65,7 +65,7 @@ def main() -> None:
     bnb = results.get("bitsandbytes Lion8bit")
 
     def fused_note(name: str) -> str:
-        if "(fused" not in name:
+        if "fused" not in name:
             return ""
         if args.device.type == "cuda":
             return "torch.compile (Triton)"

@@ -146,7 +146,8 @@ def main() -> None:
         "",
         check,
         "",
-        f"Fused first-step compile: {cold:.1f} s cold, {warm:.1f} s with the on-disk cache"
+        f"Fused path's first-call overhead (building the AVX-512 kernel, or torch.compile's): {cold:.1f} s cold, "
+        f"{warm:.1f} s with the on-disk caches"
         + (f" (= {cold / fused:.0f} and {warm / fused:.0f} fused steps)" if fused else "") + ".",
     ])
     write_speed_report(
