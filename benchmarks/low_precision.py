@@ -1,7 +1,7 @@
 """Training with bf16 weights: nearest rounding, Kahan summation and stochastic rounding, for Lion,
 Lion8bit and Lion4bit, against fp32 weights and AdamW in bf16.
 
-    python benchmarks/low_precision.py [--quick]
+    python benchmarks/low_precision.py [--quick] [--seeds N] [--variants LABEL ...]
 
 Tasks: the convergence benchmark's ViT on digits and tiny GPT-2 on characters (`convergence.py`'s
 task builders), at each task's Lion point of that benchmark (lr 1e-3; wd 0.15 digits, 0.3 chars),
@@ -134,9 +134,14 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = arguments(__doc__, "1 seed, the convergence benchmark's quick tasks (1 epoch of chars)")
+    labels = [label for label, *_ in variants()]
+    parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 per variant (default: 1 quick, 3 full)")
+    parser.add_argument("--variants", nargs="+", choices=labels, default=labels, metavar="LABEL",
+                        help="the rows to run (default: all); 'Lion fp32 weights', the reference, always runs")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    seeds = [0] if args.quick else [0, 1, 2]
+    seeds = list(range(args.seeds or (1 if args.quick else 3)))
+    chosen = {"Lion fp32 weights", *args.variants}
     tasks = [DigitsViT(args.quick), CharGPT2(args.quick)]
     if args.quick:
         tasks[1].epochs = 1  # the char task's quick run, 512 sequences, once
@@ -145,6 +150,8 @@ def main() -> None:
     for task in tasks:
         rows = {}
         for label, name, dtype, options in variants():
+            if label not in chosen:
+                continue
             runs = [train(task, name, dtype, options, seed) for seed in seeds]
             metric, spread = mean_and_spread([run["metric"] for run in runs])
             rows[label] = {
