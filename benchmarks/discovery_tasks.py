@@ -59,7 +59,8 @@ DIGITS_LRS = lr_grid(-3.5, -1.0)
 
 
 def candidates() -> list[TaskSpec]:
-    """The current stages' tasks, then larger batches, more steps per parameter, wider and deeper MLPs."""
+    """The current stages' tasks, then larger batches, more steps per parameter, wider and deeper MLPs;
+    the last four push text2 further towards large batches and long training."""
     digits, text = PROXY[0], PROXY[1]
     return [
         replace(digits, name="digits (proxy now)"),
@@ -74,6 +75,10 @@ def candidates() -> list[TaskSpec]:
         replace(text, name="text2 32-32 b512", hidden=(32, 32), batch_size=512, steps=150, lrs=TEXT_LRS),
         replace(text, name="text2 64 b512", hidden=(64,), batch_size=512, steps=150, lrs=TEXT_LRS),
         replace(text, name="text2 ctx8 b512", context=8, batch_size=512, steps=150, lrs=TEXT_LRS),
+        replace(text, name="text2 b2048 x400", batch_size=2048, steps=400, lrs=TEXT_LRS),
+        replace(text, name="text2 b1024 x800", batch_size=1024, steps=800, lrs=TEXT_LRS),
+        replace(text, name="text2 64 b2048 x400", hidden=(64,), batch_size=2048, steps=400, lrs=TEXT_LRS),
+        replace(text, name="text2 b4096 x300", batch_size=4096, steps=300, lrs=TEXT_LRS),
         replace(FUNNEL[1], name="text2 (funnel now)"),
         replace(HELDOUT, name="text (held-out now)"),
     ]

@@ -80,3 +80,9 @@ def test_row_verdict_needs_a_margin_beyond_the_seed_spread_and_every_seed(adamw,
     assert float(dict(zip(discovery_tasks.HEADER, row))["Lion/AdamW"]) == pytest.approx(
         sum(lion) / sum(adamw), abs=1e-3)
     assert math.isfinite(float(dict(zip(discovery_tasks.HEADER, row))["margin/spread"]))
+
+
+def test_candidate_names_are_unique_so_only_selects_each_one():
+    names = [spec.name for spec in discovery_tasks.candidates()]
+    assert len(names) == len(set(names))
+    assert all(name == name.strip() and name for name in names)
