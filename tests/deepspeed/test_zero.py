@@ -27,8 +27,10 @@ WORKER = WORKERS / "deepspeed_zero.py"
 BYTES_PER_PARAM = {"lion": (4.0, 4.0), "lion_q8": (1.0, 1.03), "lion_q4": (0.5, 0.53)}
 # Share of weights that differ from one process stepping the same class on the same global
 # batches. Lion: none. The quantized classes block ZeRO's flat partitions where one process blocks
-# each parameter's rows, so their momenta round differently and a few update signs flip.
-DIFFERING_FROM_SINGLE_PROCESS = {"lion": 0.0, "lion_q8": 0.03, "lion_q4": 0.08}
+# each parameter's rows, so their momenta round differently and a few update signs flip. Lion4bit
+# rounds its codes stochastically, with draws keyed by the element's index in what it quantizes (the
+# flat partition here, the parameter there), so its momenta take other draws: 0.19-0.20 measured.
+DIFFERING_FROM_SINGLE_PROCESS = {"lion": 0.0, "lion_q8": 0.03, "lion_q4": 0.25}
 ALL = ["lion", "lion_q8", "lion_q4"]
 OFFLOAD = {"zero_optimization": {"offload_optimizer": {"device": "cpu"}}, "zero_force_ds_cpu_optimizer": False}
 
