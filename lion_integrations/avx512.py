@@ -9,11 +9,15 @@ step of `Lion`) and the quantized step of `quantization.simd`. So the kernels ne
 A kernel's source is compiled once with the system's C++ compiler (``$CXX``, else g++) into a
 cache folder (``$LION_INTEGRATIONS_CACHE``, else ``~/.cache/lion_integrations``) and loaded with
 ctypes. Where that fails, or the CPU lacks AVX-512, `unavailable_reason` says why and the step
-takes another path (``LION_INTEGRATIONS_SIMD=0`` turns the kernels off).
+takes another path; a failed build also warns once (a CPU without AVX-512 does not). The answer
+is kept for the process, so ``LION_INTEGRATIONS_SIMD=0`` (the kernels off) must be set before the
+first step.
 
 The fp32 step reads each parameter, gradient and momentum element once and writes the parameter
 and momentum once, counting NaN/inf gradient elements in the same loop: the memory floor of a
-Lion step, with the non-finite check for free. Its rounding is eager torch's (ATen's CPU lerp, no
+Lion step, with the non-finite check for free (the cautious rule first counts what it keeps, in
+a pass of its own). Writing through raw pointers, it bumps the tensors' version counters itself,
+so autograd still sees the in-place update. Its rounding is eager torch's (ATen's CPU lerp, no
 fused multiply-adds but the ones written), so it agrees with the other paths bit for bit.
 """
 
@@ -29,6 +33,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -147,8 +152,8 @@ def cache_folder() -> Path:
 
 def load_library(name: str, source: str, cpu_features: Sequence[str] = CPU_FEATURES) -> ctypes.CDLL:
     """`source` (which starts with `rule_source(cpu_features)`) compiled into the cache folder as
-    `name`_<hash>.so on first use, then loaded; raises RuntimeError when compiling fails or the
-    CPU lacks one of `cpu_features`."""
+    `name`_<hash>.so on first use, then loaded; raises RuntimeError when compiling fails,
+    `CpuLacksFeatures` when the CPU lacks one of `cpu_features`."""
     command = [*compiler(), *FLAGS, *(f"-m{feature}" for feature in cpu_features)]
     key = hashlib.sha256("\0".join([source, *command]).encode()).hexdigest()[:20]
     folder = cache_folder()
@@ -165,20 +170,34 @@ def load_library(name: str, source: str, cpu_features: Sequence[str] = CPU_FEATU
             os.replace(built, path)  # atomic: processes compiling at once each leave a whole file
     library = ctypes.CDLL(str(path))
     if not library.cpu_supported():
-        raise RuntimeError(f"the CPU lacks AVX-512 {'/'.join(f.removeprefix('avx512').upper() for f in cpu_features)}")
+        raise CpuLacksFeatures(f"the CPU lacks AVX-512 {'/'.join(f.removeprefix('avx512').upper() for f in cpu_features)}")
     return library
 
 
-def kernel_unavailable_reason(load: Callable[[], object]) -> str | None:
+class CpuLacksFeatures(RuntimeError):
+    """The kernel was built, but this CPU cannot run it."""
+
+
+def kernel_unavailable_reason(load: Callable[[], object], kernel: str) -> str | None:
     """None when the kernel that `load` builds and loads (raising if it cannot) runs here, else why
-    not: disabled by ``LION_INTEGRATIONS_SIMD=0``, not an x86-64 CPU, or what `load` raised."""
+    not: disabled by ``LION_INTEGRATIONS_SIMD=0``, not an x86-64 CPU, or what `load` raised. A
+    failed build (no compiler, an unwritable cache...) warns, naming `kernel` and what takes its
+    place; a CPU without the features does not: that is what the fallback is for."""
     if os.environ.get("LION_INTEGRATIONS_SIMD", "1") == "0":
         return "disabled by LION_INTEGRATIONS_SIMD=0"
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"not an x86-64 CPU ({platform.machine()})"
     try:
         load()
-    except Exception as error:  # no compiler, a failed build, an unwritable cache, a CPU without AVX-512
+    except CpuLacksFeatures as error:
+        return f"the AVX-512 kernel is unavailable: {error}"
+    except Exception as error:  # no compiler, a failed build, an unwritable cache
+        warnings.warn(
+            f"lion_integrations: the AVX-512 {kernel} could not be built ({error}); the fused path runs "
+            "torch.compile's step instead (LION_INTEGRATIONS_SIMD=0 chooses that without this warning)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return f"the AVX-512 kernel is unavailable: {error}"
     return None
 
@@ -200,19 +219,38 @@ def compiled_step():
 @functools.lru_cache(maxsize=None)
 def unavailable_reason() -> str | None:
     """None when the fp32 AVX-512 step can run here, else why not."""
-    return kernel_unavailable_reason(compiled_step)
+    return kernel_unavailable_reason(compiled_step, "fp32 step")
+
+
+def in_cpu_memory(*tensors: torch.Tensor, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether `tensors` are plain tensors (or parameters) of `dtype` whose memory a kernel can address
+    on the CPU: not a tensor subclass (a DTensor, a FakeTensor without storage...)."""
+    return all(
+        type(tensor) in (torch.Tensor, torch.nn.Parameter) and tensor.device.type == "cpu" and tensor.dtype == dtype
+        for tensor in tensors
+    )
+
+
+def fits(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor) -> bool:
+    """Whether the fp32 kernel can step this parameter: fp32 parameter, gradient and momentum in CPU
+    memory (`in_cpu_memory`), parameter and momentum contiguous (a strided gradient is copied)."""
+    return in_cpu_memory(param, grad, exp_avg) and param.is_contiguous() and exp_avg.is_contiguous()
 
 
 def applies(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor) -> bool:
-    """Whether the fp32 kernel can step this parameter: fp32 parameter, gradient and momentum on the
-    CPU, parameter and momentum contiguous (a strided gradient is copied), and the kernel available."""
-    return (
-        param.device.type == grad.device.type == exp_avg.device.type == "cpu"
-        and param.dtype == grad.dtype == exp_avg.dtype == torch.float32
-        and param.is_contiguous()
-        and exp_avg.is_contiguous()
-        and unavailable_reason() is None
-    )
+    """`fits`, and the kernel runs on this machine."""
+    return fits(param, grad, exp_avg) and unavailable_reason() is None
+
+
+def pointer_array(tensors) -> ctypes.Array:
+    """The data pointers of `tensors`, as a C array for a kernel's arguments."""
+    return (ctypes.c_void_p * len(tensors))(*(tensor.data_ptr() for tensor in tensors))
+
+
+def written(*tensor_lists) -> None:
+    """Tell autograd that a kernel wrote the tensors of `tensor_lists` in place (their version
+    counters go up, as an in-place torch op's do), so a graph that saved them raises on backward."""
+    torch.autograd.graph.increment_version([tensor for tensors in tensor_lists for tensor in tensors])
 
 
 def step_(params, grads, exp_avgs, coefficients: LionCoefficients, *, step_sizes=None, cautious: bool = False) -> list[int]:
@@ -226,15 +264,12 @@ def step_(params, grads, exp_avgs, coefficients: LionCoefficients, *, step_sizes
     grads = [grad.contiguous() for grad in grads]
     skipped = (ctypes.c_int64 * count)()
     step_sizes = [coefficients.step_size] * count if step_sizes is None else step_sizes
-
-    def pointers(tensors):
-        return (ctypes.c_void_p * count)(*(tensor.data_ptr() for tensor in tensors))
-
     compiled_step()(
-        count, pointers(params), pointers(grads), pointers(exp_avgs),
+        count, pointer_array(params), pointer_array(grads), pointer_array(exp_avgs),
         (ctypes.c_int64 * count)(*(param.numel() for param in params)),
         (ctypes.c_float * count)(*(float(step_size) for step_size in step_sizes)), int(cautious),
         coefficients.update_weight, coefficients.momentum_weight, coefficients.decay, torch.get_num_threads(),
         skipped,
     )
+    written(params, exp_avgs)
     return list(skipped)

@@ -26,6 +26,15 @@ class CompiledSkipTally:
         self.counts = torch.zeros(len(slots) + 2, dtype=torch.int64, device=device)
         self.pending = False
 
+    def extend(self, names: list[str]) -> None:
+        """Slots for more parameters (described by `names`), their counts zero."""
+        for name in names:
+            self.slots.setdefault(name, len(self.slots))
+        counts = torch.zeros(len(self.slots) + 2, dtype=torch.int64, device=self.counts.device)
+        counts[: len(self.counts) - 2] = self.counts[:-2]
+        counts[-2:] = self.counts[-2:]
+        self.counts = counts
+
     def add(self, skipped: list[tuple[str, Any, int]]) -> None:
         """Add a step's (parameter, skipped elements, elements), counts as ints or 0-dim tensors,
         without reading them on the host."""

@@ -330,6 +330,7 @@ class Lion(Optimizer):
 
     @nonfinite_steps.setter
     def nonfinite_steps(self, value: int) -> None:
+        self._report_compiled_skips()  # skips counted before the new value are reported, not added to it
         self._nonfinite_steps = value
 
     def _new_compiled_tally(self) -> None:
@@ -337,13 +338,16 @@ class Lion(Optimizer):
         (after reporting what the previous one holds)."""
         if getattr(self, "_compiled_skips", None) is not None:
             self._report_compiled_skips()
-        slots = {}
-        for group_index, group in enumerate(self.param_groups):
-            for index in range(len(group["params"])):
-                slots[param_description(group, group_index, index)] = len(slots)
         first = next((param for group in self.param_groups for param in group["params"]), None)
         device = first.device if first is not None and first.device.type != "meta" else torch.device("cpu")
-        self._compiled_skips = CompiledSkipTally(slots, device)
+        self._compiled_skips = CompiledSkipTally({}, device)
+        for group_index in range(len(self.param_groups)):
+            self._add_tally_slots(group_index)
+
+    def _add_tally_slots(self, group_index: int) -> None:
+        """Slots in the tally for the parameters of param group `group_index`."""
+        group = self.param_groups[group_index]
+        self._compiled_skips.extend([param_description(group, group_index, index) for index in range(len(group["params"]))])
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         for key in ("lr", "betas", "weight_decay"):
@@ -358,7 +362,10 @@ class Lion(Optimizer):
         )
         super().add_param_group(param_group)
         warn_high_precision_params(type(self).__name__, self.param_groups[-1])
-        self._new_compiled_tally()
+        if getattr(self, "_compiled_skips", None) is None:
+            self._new_compiled_tally()
+        else:
+            self._add_tally_slots(len(self.param_groups) - 1)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -509,12 +516,12 @@ class Lion(Optimizer):
 
     def steps_in_kernel(self, group: dict[str, Any], batch) -> list[bool]:
         """For each param of `batch` (`_full_precision_batch` of `group`), whether the AVX-512 kernel
-        steps it (`avx512.applies`: fp32 on an x86-64 CPU with AVX-512), which it does on the fused path
+        steps it (`avx512.fits`, on an x86-64 CPU with AVX-512), which it does on the fused path
         (``fused`` True or None) outside a caller's ``torch.compile``."""
         _, params, grads, exp_avgs, _ = batch
-        if group["fused"] is False or torch.compiler.is_compiling():
+        if group["fused"] is False or torch.compiler.is_compiling() or avx512.unavailable_reason() is not None:
             return [False] * len(params)
-        return [avx512.applies(param, grad, exp_avg) for param, grad, exp_avg in zip(params, grads, exp_avgs)]
+        return [avx512.fits(param, grad, exp_avg) for param, grad, exp_avg in zip(params, grads, exp_avgs)]
 
     def _raise_on_nonfinite(self) -> None:
         """For groups with ``nonfinite="raise"``: RuntimeError naming every parameter whose gradient
@@ -567,7 +574,10 @@ class Lion(Optimizer):
             for i, count in zip(kernel, counts) if count
         ]
         buckets = defaultdict(list)
-        stores = [self.weight_store_of(source, group, self.state[source]) for source in sources]
+        stores = {
+            position: self.weight_store_of(source, group, self.state[source])
+            for position, source in enumerate(sources) if not in_kernel[position]
+        }
         for position, (param, grad, exp_avg) in enumerate(zip(params, grads, exp_avgs)):
             if in_kernel[position]:
                 continue

@@ -141,13 +141,43 @@ def test_source_holds_the_rule_and_no_unfilled_field():
     assert '__builtin_cpu_supports("avx512f")' in source and "avx512vbmi" not in source
 
 
-def test_unavailable_reason_names_the_switch(monkeypatch):
+def test_unavailable_reason_names_the_switch_and_a_failed_build_warns(monkeypatch):
     monkeypatch.setenv("LION_INTEGRATIONS_SIMD", "0")
-    assert avx512.kernel_unavailable_reason(lambda: None) == "disabled by LION_INTEGRATIONS_SIMD=0"
+    assert avx512.kernel_unavailable_reason(lambda: None, "fp32 step") == "disabled by LION_INTEGRATIONS_SIMD=0"
+    monkeypatch.setenv("LION_INTEGRATIONS_SIMD", "1")
+    monkeypatch.setattr(avx512.platform, "machine", lambda: "x86_64")
 
     def failing_build():
         raise RuntimeError("g++ failed: no such file")
 
-    monkeypatch.setenv("LION_INTEGRATIONS_SIMD", "1")
-    reason = avx512.kernel_unavailable_reason(failing_build)
-    assert reason is None if avx512.platform.machine().lower() not in ("x86_64", "amd64") else "g++ failed" in reason
+    def foreign_cpu():
+        raise avx512.CpuLacksFeatures("the CPU lacks AVX-512 F")
+
+    with pytest.warns(RuntimeWarning, match=r"AVX-512 fp32 step could not be built \(g\+\+ failed"):
+        assert "g++ failed" in avx512.kernel_unavailable_reason(failing_build, "fp32 step")
+    with no_warning():  # a CPU without AVX-512 is what the torch.compile step is for
+        assert "lacks AVX-512" in avx512.kernel_unavailable_reason(foreign_cpu, "fp32 step")
+
+
+@needs_kernel
+def test_autograd_sees_the_kernels_in_place_update():
+    """As with the other paths (torch's in-place ops), a graph that saved the old weights raises on
+    backward instead of using the new ones."""
+    for options in (dict(fused=False), dict(fused=True)):
+        param = nn.Parameter(torch.randn(64))
+        loss = (param * param).sum()
+        param.grad = torch.randn(64)
+        optimizer = Lion([param], lr=0.1, **options)
+        optimizer.step()
+        assert param._version > 0 and optimizer.state[param]["exp_avg"]._version > 0
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+
+
+def test_tensors_without_cpu_memory_are_not_for_the_kernel():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        fake = torch.zeros(64)
+    assert not avx512.fits(fake, fake, fake)
+    assert avx512.fits(torch.zeros(64), nn.Parameter(torch.zeros(64)), torch.zeros(64))

@@ -31,6 +31,7 @@ import torch
 
 from .. import avx512
 from ..fused import MIN_FUSED_NUMEL
+from ..optimizer import as_momentum_dtype, as_real, momentum_dtype_for
 from .visibility import info_logger
 
 logger = logging.getLogger(__name__)
@@ -51,8 +52,13 @@ def trainable_parameters(model: torch.nn.Module | None) -> list[torch.Tensor]:
 def compiled_parameters(params: list[torch.Tensor], options: dict[str, Any]) -> list[torch.Tensor]:
     """The `params` whose fused step torch.compile would build: all but those the AVX-512 kernel
     steps (fp32 with fp32 momentum on a CPU that runs it, `avx512.applies`)."""
-    fp32_momentum = options.get("momentum_dtype") in (None, torch.float32, "float32", "fp32")
-    return [param for param in params if not (fp32_momentum and avx512.applies(param, param, param))]
+    momentum_dtype = as_momentum_dtype(options.get("momentum_dtype"))
+
+    def kernel_steps(param: torch.Tensor) -> bool:
+        real = as_real(param.detach())
+        return momentum_dtype_for(real, momentum_dtype) == torch.float32 and avx512.applies(real, real, real)
+
+    return [param for param in params if not kernel_steps(param)]
 
 
 def fused_pays_off(parameters: int, steps: int) -> bool:

@@ -25,7 +25,10 @@ from typing import Callable
 
 import torch
 
-from ..avx512 import CPU_FEATURES, float32, float_literal, kernel_unavailable_reason, load_library, rule_source
+from ..avx512 import (
+    CPU_FEATURES, float32, float_literal, in_cpu_memory, kernel_unavailable_reason, load_library, pointer_array,
+    rule_source, written,
+)
 from .codec import (
     DECADE_SCALE,
     DECADES,
@@ -140,16 +143,13 @@ def compiled_step() -> Callable[..., int]:
 @functools.lru_cache(maxsize=None)
 def unavailable_reason() -> str | None:
     """None when the AVX-512 kernel can run here, else why not."""
-    return kernel_unavailable_reason(compiled_step)
+    return kernel_unavailable_reason(compiled_step, "quantized step")
 
 
 def applies(param: torch.Tensor, grad: torch.Tensor) -> bool:
-    """Whether the kernel steps this parameter: fp32 parameter and gradient on the CPU."""
-    return (
-        param.device.type == grad.device.type == "cpu"
-        and param.dtype == grad.dtype == torch.float32
-        and unavailable_reason() is None
-    )
+    """Whether the kernel steps this parameter: fp32 parameter and gradient in CPU memory
+    (`avx512.in_cpu_memory`), and the kernel runs here."""
+    return in_cpu_memory(param, grad) and unavailable_reason() is None
 
 
 def step_(
@@ -167,9 +167,6 @@ def step_(
         return []
     skipped = (ctypes.c_int64 * count)()
 
-    def pointers(tensors):
-        return (ctypes.c_void_p * count)(*(tensor.data_ptr() for tensor in tensors))
-
     def sizes(dim):
         return (ctypes.c_int64 * count)(*(param.shape[dim] for param in params))
 
@@ -180,10 +177,12 @@ def step_(
         raise ValueError(f"Invalid roundings for bits={bits}: only 4-bit codes are rounded stochastically")
 
     failed = compiled_step()(
-        count, pointers(params), pointers(grads), pointers(codes), pointers(absmaxes), sizes(0), sizes(1),
+        count, pointer_array(params), pointer_array(grads), pointer_array(codes), pointer_array(absmaxes), sizes(0),
+        sizes(1),
         block_size, bits, int(cautious), coefficients.step_size, coefficients.update_weight, coefficients.momentum_weight,
         coefficients.decay, torch.get_num_threads(), skipped, keys, first_indices,
     )
     if failed:
         raise MemoryError("lion_integrations: the AVX-512 quantized step could not allocate its block buffers")
+    written(params, codes, absmaxes)
     return list(skipped)

@@ -274,3 +274,16 @@ def test_unavailable_kernel_says_why_and_leaves_the_compiled_step(monkeypatch, t
         assert simd.unavailable_reason() == "disabled by LION_INTEGRATIONS_SIMD=0"
     finally:
         simd.unavailable_reason.cache_clear()
+
+
+@needs_kernel
+@pytest.mark.parametrize("bits", [8, 4])
+def test_autograd_sees_the_kernels_in_place_update(bits):
+    param = torch.nn.Parameter(torch.randn(8, 256))
+    loss = (param * param).sum()
+    param.grad = torch.randn(8, 256)
+    optimizer = CLASSES[bits]([param], lr=0.1, min_quantized_size=0, fused=True)
+    optimizer.step()
+    assert "exp_avg_codes" in optimizer.state[param]
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
