@@ -67,8 +67,8 @@ def turn_off_avx512_kernels(monkeypatch) -> None:
     from lion_integrations import avx512
     from lion_integrations.quantization import simd
 
-    monkeypatch.setattr(avx512, "applies", lambda *tensors: False)
-    monkeypatch.setattr(simd, "applies", lambda *tensors: False)
+    monkeypatch.setattr(avx512, "unavailable_reason", lambda: "turned off for this test")
+    monkeypatch.setattr(simd, "unavailable_reason", lambda: "turned off for this test")
 
 
 @pytest.fixture
