@@ -47,7 +47,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: `recipes.*`, this checkout's package
 
 from lion_integrations import Lion, Lion8bit  # noqa: E402
-from lion_integrations.hf.run_length import fused_pays_off  # noqa: E402
+from lion_integrations.hf.run_length import short_run  # noqa: E402
 from lion_integrations.hparams import from_adamw, param_groups  # noqa: E402
 from lion_integrations.schedules import warmup_cosine  # noqa: E402
 from recipes.common import Column, format_table, interleaved_seconds, state_bytes_per_param  # noqa: E402
@@ -113,8 +113,8 @@ def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
     if name == "AdamW":
         return torch.optim.AdamW(groups, lr=lr, fused=True)
     if name == "Lion":
-        parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        return Lion(groups, lr=lr, fused=None if fused_pays_off(parameters, steps) else False)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        return Lion(groups, lr=lr, fused=False if short_run("lion", steps, trainable, {}) else None)
     return Lion8bit(groups, lr=lr)
 
 
