@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lion_integrations import Lion
-from tests.helpers.optimizer import PATHS, make_problem, run_steps
+from tests.helpers.optimizer import PATHS, make_problem, run_steps, through_checkpoint
 
 pytestmark = pytest.mark.usefixtures("fuse_small_tensors")
 
@@ -34,16 +34,9 @@ def test_state_dict_round_trip_then_continue_equals_uninterrupted(path):
     uninterrupted, _ = run_steps(path, steps=20)
 
     params, optimizer = run_steps(path, steps=10)
-    buffer = io.BytesIO()
-    torch.save({"params": [p.detach() for p in params], "optimizer": optimizer.state_dict()}, buffer)
-    checkpoint = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
-
-    resumed_params, groups = make_problem(0)
-    with torch.no_grad():
-        for param, saved in zip(resumed_params, checkpoint["params"]):
-            param.copy_(saved)
+    resumed_params, groups, saved_state = through_checkpoint(params, optimizer)
     resumed = Lion(groups, lr=1e-3, weight_decay=0.1, **PATHS[path])
-    resumed.load_state_dict(checkpoint["optimizer"])
+    resumed.load_state_dict(saved_state)
     generator = torch.Generator().manual_seed(1)
     for step in range(20):
         grads = [None if (index == 1 and step % 2) else torch.randn(p.shape, generator=generator)

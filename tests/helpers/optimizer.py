@@ -1,7 +1,9 @@
 """Lion problems shared by the core optimizer tests: the execution paths, parameters of assorted
-shapes in three param groups, and a seeded run of steps."""
+shapes in three param groups, a seeded run of steps, and a checkpoint round trip."""
 
 from __future__ import annotations
+
+import io
 
 import torch
 from torch import nn
@@ -42,3 +44,17 @@ def run_steps(path: str, steps: int = 100, dtype=torch.float32, seed: int = 0, *
             param.grad = None if (index == 1 and step % 2) else torch.randn(param.shape, generator=generator).to(dtype)
         optimizer.step()
     return params, optimizer
+
+
+def through_checkpoint(params, optimizer, make_problem=make_problem, seed: int = 0):
+    """`params` and `optimizer.state_dict()` through torch.save and torch.load (weights_only): fresh
+    parameters of `make_problem(seed)` holding the saved values, their param groups, and the loaded
+    optimizer state dict."""
+    buffer = io.BytesIO()
+    torch.save({"params": [p.detach() for p in params], "optimizer": optimizer.state_dict()}, buffer)
+    checkpoint = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    resumed_params, groups = make_problem(seed)
+    with torch.no_grad():
+        for param, saved in zip(resumed_params, checkpoint["params"]):
+            param.copy_(saved)
+    return resumed_params, groups, checkpoint["optimizer"]

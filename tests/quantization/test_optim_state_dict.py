@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lion_integrations import Lion4bit, Lion8bit
+from tests.helpers.optimizer import through_checkpoint
 from tests.helpers.quantization import CLASSES, drive, make_problem, run_steps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,15 +44,9 @@ def test_state_dict_round_trip_then_continue_equals_uninterrupted(bits, fused):
     cls = CLASSES[bits]
     uninterrupted, _ = run_steps(cls, steps=12, fused=fused)
     params, optimizer = run_steps(cls, steps=6, fused=fused)
-    buffer = io.BytesIO()
-    torch.save({"params": [p.detach() for p in params], "optimizer": optimizer.state_dict()}, buffer)
-    checkpoint = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
-    resumed_params, groups = make_problem(0)
-    with torch.no_grad():
-        for param, saved in zip(resumed_params, checkpoint["params"]):
-            param.copy_(saved)
+    resumed_params, groups, saved_state = through_checkpoint(params, optimizer, make_problem)
     resumed = cls(groups, lr=1e-3, weight_decay=0.1, min_quantized_size=1000, fused=fused)
-    resumed.load_state_dict(checkpoint["optimizer"])
+    resumed.load_state_dict(saved_state)
     assert resumed.param_groups[1]["block_size"] == 64
     drive(resumed, resumed_params, 12, first=6)
     for expected, actual in zip(uninterrupted, resumed_params):
