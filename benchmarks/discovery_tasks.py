@@ -1,6 +1,7 @@
 """Which discovery tasks are in Lion's regime: tuned Lion against tuned AdamW on candidate proxy tasks.
 
-    python benchmarks/discovery_tasks.py [--quick] [--only NAME ...] [--output-dir benchmarks/results]
+    python benchmarks/discovery_tasks.py [--quick] [--only NAME ...] [--schedule cosine] [--layer-norm]
+                                         [--lion-betas B1 B2] [--output-dir benchmarks/results]
 
 The program search (`lion_integrations.discovery`) can only find a sign-momentum program from an
 AdamW warm start if Lion beats AdamW on its proxy and funnel tasks. This benchmark measures that
@@ -28,7 +29,13 @@ a chosen lr or weight decay at the end of its grid. The cost column is the secon
 evaluation takes on the task's own grid (`TaskSpec.lrs` x 2 seeds, one thread), the unit of a
 search's budget.
 
-Writes <output-dir>/discovery_tasks.md (rewritten after every task, so a cut-short run keeps its rows).
+The search's tasks train at a constant lr and without normalization layers; `--schedule cosine`
+(lr decaying to 0 over the run, as the paper's Lion runs train) and `--layer-norm` (each hidden
+layer normalized before its ReLU, as transformers are) measure whether either moves a candidate
+into Lion's regime.
+
+Writes <output-dir>/discovery_tasks[_lion_B1_B2][_cosine][_layernorm].md (rewritten after every task, so
+a cut-short run keeps its rows).
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from common import arguments, machine_line, markdown_table, mean_and_spread, wri
 
 from lion_integrations.discovery import compile_program, resolve_program  # noqa: E402
 from lion_integrations.discovery.baseline import ADAMW_LRS_PER_DECADE, ADAMW_WEIGHT_DECAYS, AdamWStep, denser  # noqa: E402
-from lion_integrations.discovery.tasks import FUNNEL, HELDOUT, PROXY, TaskSpec, lr_grid  # noqa: E402
+from lion_integrations.discovery.tasks import FUNNEL, HELDOUT, PROXY, SCHEDULES, TaskSpec, lr_grid  # noqa: E402
 from lion_integrations.discovery.training import Task, TaskResult  # noqa: E402
 
 SEEDS = (0, 1, 2)
@@ -163,6 +170,16 @@ def row(spec: TaskSpec, adamw: Tuned, lion: Tuned, seconds: float) -> list[str]:
             f"{lion_mean / adamw_mean:.3f}", f"{margin:+.1f}", verdict, f"{seconds:.2f}"]
 
 
+def report_stem(betas: tuple[float, float], schedule: str, layer_norm: bool) -> str:
+    """The report's file name (without .md): what differs from the search's own setup is named."""
+    stem = "discovery_tasks"
+    if tuple(betas) != LION_BETAS:
+        stem += f"_lion_{betas[0]:g}_{betas[1]:g}"
+    if schedule != "constant":
+        stem += f"_{schedule}"
+    return stem + ("_layernorm" if layer_norm else "")
+
+
 HEADER = ["task", "data, model", "batch", "steps", "params", "examples/param", "AdamW loss (tuned)",
           "Lion loss (tuned)", "Lion/AdamW", "margin/spread", "verdict", "s/program"]
 
@@ -173,13 +190,18 @@ def main(argv=None) -> None:
     parser.add_argument("--lion-betas", nargs=2, type=float, default=LION_BETAS, metavar=("BETA1", "BETA2"),
                         help="Lion's betas (default 0.9 0.99, the builtin program's); other values write "
                              "discovery_tasks_lion_<beta1>_<beta2>.md")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
+                        help="the lr schedule of every candidate (default constant); cosine adds _cosine "
+                             "to the file name")
+    parser.add_argument("--layer-norm", action="store_true",
+                        help="normalize every candidate's hidden pre-activations (adds _layernorm to the file name)")
     parser.set_defaults(output_dir=Path("benchmarks/results"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     seeds = SEEDS[:2] if args.quick else SEEDS
     betas = tuple(args.lion_betas)
-    stem = "discovery_tasks" if betas == LION_BETAS else f"discovery_tasks_lion_{betas[0]:g}_{betas[1]:g}"
-    specs = [replace(spec, seeds=seeds) for spec in candidates()]
+    stem = report_stem(betas, args.schedule, args.layer_norm)
+    specs = [replace(spec, seeds=seeds, schedule=args.schedule, layer_norm=args.layer_norm) for spec in candidates()]
     if args.only:
         specs = [spec for spec in specs if spec.name in args.only]
     elif args.quick:
@@ -188,7 +210,9 @@ def main(argv=None) -> None:
             f"`python benchmarks/discovery_tasks.py`. Validation cross-entropy, mean ± sd over seeds "
             f"{', '.join(map(str, seeds))}; AdamW tuned over 4 lrs a decade x weight decays "
             f"{{{', '.join(f'{wd:g}' for wd in ADAMW_WEIGHT_DECAYS)}}}, Lion over the same density a "
-            f"decade lower x {{{', '.join(f'{wd:g}' for wd in LION_WEIGHT_DECAYS)}}}, betas {betas[0]:g}, {betas[1]:g}. margin/spread = "
+            f"decade lower x {{{', '.join(f'{wd:g}' for wd in LION_WEIGHT_DECAYS)}}}, betas {betas[0]:g}, {betas[1]:g}; "
+            f"lr schedule {args.schedule}{', layer norm before each hidden ReLU' if args.layer_norm else ''}. "
+            f"margin/spread = "
             f"(AdamW mean - Lion mean) / the larger sd; \"Lion's regime\": above 1 and Lion ahead on every "
             f"seed. s/program: one program evaluated on the task's own lr grid x 2 seeds, one thread.\n\n")
     rows = []

@@ -12,7 +12,10 @@ longer, wider and deeper variants (`benchmarks/discovery_tasks.py`, docs/discove
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+SCHEDULES = ("constant", "cosine")
 
 
 def lr_grid(low: float, high: float, per_decade: int = 2) -> tuple[float, ...]:
@@ -23,7 +26,11 @@ def lr_grid(low: float, high: float, per_decade: int = 2) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A training setup: data set, hidden widths, steps, batch size, the lr grid and the seeds."""
+    """A training setup: data set, hidden widths, steps, batch size, the lr grid, the seeds, and the lr
+    schedule every program is trained under: "constant", or "cosine" (lr * (1 + cos(pi * t / steps)) / 2
+    at step t = 0 .. steps - 1, decaying towards 0). With `layer_norm`, each hidden layer's
+    pre-activations are normalized to zero mean and unit variance over its units (no affine
+    parameters) before the ReLU."""
 
     name: str
     data: str  # 'digits', 'text' or 'text2'
@@ -33,6 +40,18 @@ class TaskSpec:
     lrs: tuple[float, ...]
     seeds: tuple[int, ...]
     context: int = 8  # characters of context, for text
+    schedule: str = "constant"
+    layer_norm: bool = False
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TaskSpec {self.name!r}: schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+
+    def lr_factor(self, step: int) -> float:
+        """The multiplier of every lr at step `step` (0-based) under `schedule`."""
+        if self.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * step / self.steps))
+        return 1.0
 
 
 # The proxy suite: ~0.2 s per task and program on one CPU thread.

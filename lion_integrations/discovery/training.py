@@ -60,8 +60,10 @@ class Task:
 
     def __repr__(self) -> str:
         s = self.spec
+        extras = "".join(f", {what}" for what, on in ((f"{s.schedule} lr", s.schedule != "constant"),
+                                                      ("layer norm", s.layer_norm)) if on)
         return (f"Task({s.name}: {s.data}, MLP {self.data.dim}-{'-'.join(map(str, s.hidden))}-{self.data.classes} "
-                f"({self.size} params), {s.steps} steps x {s.batch_size}, {len(s.lrs)} lrs x {len(s.seeds)} seeds)")
+                f"({self.size} params), {s.steps} steps x {s.batch_size}, {len(s.lrs)} lrs x {len(s.seeds)} seeds{extras})")
 
     def _layers(self, theta: torch.Tensor) -> list[torch.Tensor]:
         out, start = [], 0
@@ -77,6 +79,8 @@ class Task:
             weight, bias = layers[index], layers[index + 1]
             h = torch.matmul(h, weight) + bias.unsqueeze(1)
             if index + 2 < len(layers):
+                if self.spec.layer_norm:
+                    h = F.layer_norm(h, h.shape[-1:])
                 h = torch.relu(h)
         return h
 
@@ -119,7 +123,8 @@ class Task:
                     loss = F.cross_entropy(logits.reshape(-1, data.classes), y.reshape(-1), reduction="sum")
                     (grad,) = torch.autograd.grad(loss / spec.batch_size, leaf)
                 theta = theta.detach()
-                update, m, v = step(theta, grad, m, v, lr, self._segment_norm)
+                factor = spec.lr_factor(index)
+                update, m, v = step(theta, grad, m, v, lr if factor == 1.0 else lr * factor, self._segment_norm)
                 theta = theta - as_tensor_like(update, theta)
                 m, v = as_tensor_like(m, theta), as_tensor_like(v, theta)
                 if index % 25 == 24 and not torch.isfinite(theta).any(1).any():

@@ -86,3 +86,8 @@ def test_candidate_names_are_unique_so_only_selects_each_one():
     names = [spec.name for spec in discovery_tasks.candidates()]
     assert len(names) == len(set(names))
     assert all(name == name.strip() and name for name in names)
+
+
+def test_report_names_what_differs_from_the_search_setup():
+    assert discovery_tasks.report_stem(discovery_tasks.LION_BETAS, "constant", False) == "discovery_tasks"
+    assert discovery_tasks.report_stem((0.95, 0.98), "cosine", True) == "discovery_tasks_lion_0.95_0.98_cosine_layernorm"

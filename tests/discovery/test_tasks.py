@@ -102,3 +102,35 @@ def test_heldout_task_is_unseen_by_the_search_and_the_funnel_uses_other_seeds():
     assert HELDOUT.data not in {spec.data for spec in searched}
     assert not set(HELDOUT.seeds) & {seed for spec in searched for seed in spec.seeds}
     assert not {seed for spec in FUNNEL for seed in spec.seeds} & {seed for spec in PROXY for seed in spec.seeds}
+
+
+def test_cosine_schedule_scales_every_lr_of_the_grid_each_step():
+    spec = replace(TINY, steps=8, schedule="cosine")
+    seen = []
+
+    def recording_sgd(w, g, m, v, lr, norm):
+        seen.append(lr.clone())
+        return lr * g, m, v
+
+    Task(spec).train(recording_sgd, lrs=(0.001, 0.01))
+    expected = [0.5 * (1 + math.cos(math.pi * t / 8)) for t in range(8)]
+    assert [float(lr[1, 0] / 0.01) for lr in seen] == pytest.approx(expected, rel=1e-6)
+    assert all(torch.allclose(lr[0] * 10, lr[1]) for lr in seen)
+    constant = []
+    Task(replace(spec, schedule="constant")).train(lambda w, g, m, v, lr, norm: (constant.append(lr) or lr * g, m, v), lrs=(0.01,))
+    assert all(float(lr) == pytest.approx(0.01) for lr in constant)
+    with pytest.raises(ValueError, match="schedule must be one of .* got 'linear'"):
+        replace(TINY, schedule="linear")
+
+
+def test_layer_norm_normalizes_each_hidden_layer_before_its_relu():
+    task = Task(replace(TINY, hidden=(16, 8), layer_norm=True))
+    theta = task._init(0).unsqueeze(0)
+    x = task.data.val[:5]
+    w1, b1, w2, b2, w3, b3 = (t[0] for t in task._layers(theta))
+    h = torch.relu(torch.nn.functional.layer_norm(x @ w1 + b1, (16,)))
+    h = torch.relu(torch.nn.functional.layer_norm(h @ w2 + b2, (8,)))
+    assert torch.allclose(task._forward(theta, x.unsqueeze(0))[0], h @ w3 + b3, atol=1e-6)
+    plain = Task(replace(TINY, hidden=(16, 8)))
+    assert not torch.allclose(plain._forward(theta, x.unsqueeze(0))[0], h @ w3 + b3, atol=1e-3)
+    assert "layer norm" in repr(task) and "cosine lr" in repr(Task(replace(TINY, schedule="cosine")))
