@@ -170,6 +170,22 @@ def row(spec: TaskSpec, adamw: Tuned, lion: Tuned, seconds: float) -> list[str]:
             f"{lion_mean / adamw_mean:.3f}", f"{margin:+.1f}", verdict, f"{seconds:.2f}"]
 
 
+def command(args) -> str:
+    """The command line that gives this report (its options that are not the defaults)."""
+    words = ["python benchmarks/discovery_tasks.py"]
+    if args.quick:
+        words.append("--quick")
+    if args.only:
+        words.append("--only " + " ".join(f'"{name}"' for name in args.only))
+    if tuple(args.lion_betas) != LION_BETAS:
+        words.append(f"--lion-betas {args.lion_betas[0]:g} {args.lion_betas[1]:g}")
+    if args.schedule != "constant":
+        words.append(f"--schedule {args.schedule}")
+    if args.layer_norm:
+        words.append("--layer-norm")
+    return " ".join(words)
+
+
 def report_stem(betas: tuple[float, float], schedule: str, layer_norm: bool) -> str:
     """The report's file name (without .md): what differs from the search's own setup is named."""
     stem = "discovery_tasks"
@@ -207,7 +223,7 @@ def main(argv=None) -> None:
     elif args.quick:
         specs = specs[:4]
     head = (f"# Discovery tasks: tuned Lion against tuned AdamW, {len(seeds)} seeds\n\n{machine_line()}; "
-            f"`python benchmarks/discovery_tasks.py`. Validation cross-entropy, mean ± sd over seeds "
+            f"`{command(args)}`. Validation cross-entropy, mean ± sd over seeds "
             f"{', '.join(map(str, seeds))}; AdamW tuned over 4 lrs a decade x weight decays "
             f"{{{', '.join(f'{wd:g}' for wd in ADAMW_WEIGHT_DECAYS)}}}, Lion over the same density a "
             f"decade lower x {{{', '.join(f'{wd:g}' for wd in LION_WEIGHT_DECAYS)}}}, betas {betas[0]:g}, {betas[1]:g}; "

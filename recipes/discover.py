@@ -38,6 +38,7 @@ from lion_integrations.discovery import (  # noqa: E402
 from lion_integrations.discovery.baseline import ADAMW_WEIGHT_DECAYS, denser  # noqa: E402
 from lion_integrations.discovery.tasks import FUNNEL, HELDOUT, PROXY, lr_grid  # noqa: E402
 
+SIMPLIFY_TOLERANCE = 0.01  # relative score a low-effect simplification may cost, on the proxy and on the funnel
 PAPER_RATES = "the paper reports 69.8% redundant statements and an 89.1% cache-hit rate"
 
 
@@ -140,6 +141,18 @@ def search(args: argparse.Namespace, stages: dict[str, Suite], seconds: float):
     return found
 
 
+def near_equivalent(program, stages: dict[str, Suite], proxy_score, tolerance: float = SIMPLIFY_TOLERANCE):
+    """`program` simplified with low-effect edits (each keeping its proxy score within `tolerance`), or
+    only exactly when those edits cost the funnel more than `tolerance` or its win over AdamW."""
+    exact = simplify(program)
+    near = simplify(program, proxy_score, tolerance=tolerance)
+    if str(near) == str(exact):
+        return exact
+    near_funnel, exact_funnel = stages["funnel"].evaluate(near).loss, stages["funnel"].evaluate(exact).loss
+    kept = near_funnel <= exact_funnel * (1 + tolerance) and (near_funnel < 1.0 or not exact_funnel < 1.0)
+    return near if kept else exact
+
+
 def final_programs(args: argparse.Namespace, stages: dict[str, Suite], found) -> list:
     """Up to --top simplified programs for the held-out stage: accepted programs by funnel score, else
     the best proxy programs (reported as not accepted); one per shape (programs that differ only in
@@ -153,9 +166,7 @@ def final_programs(args: argparse.Namespace, stages: dict[str, Suite], found) ->
     for program in pool:
         if len(finals) >= args.top:
             break
-        simple = simplify(program, proxy_score, tolerance=0.01)
-        if found.accepted and not stages["funnel"].evaluate(simple).loss < 1.0:
-            simple = simplify(program)  # the low-effect edits cost the funnel: keep the exact simplification
+        simple = near_equivalent(program, stages, proxy_score)
         if shape_of(simple) in shapes:
             continue
         shapes.add(shape_of(simple))
@@ -222,9 +233,9 @@ def main(argv=None) -> dict:
     timing = tune_adamw(stages)
     reference_scores = score_references(args, stages)
 
-    # Leave time for the final stage: simplification (~40 proxy evaluations a program), one funnel
-    # and one held-out evaluation per program.
-    final_seconds = args.top * (40 * timing["proxy"] + timing["funnel"] + timing["heldout"])
+    # Leave time for the final stage: simplification (~40 proxy and 2 funnel evaluations a program),
+    # then one funnel and one held-out evaluation per program.
+    final_seconds = args.top * (40 * timing["proxy"] + 3 * timing["funnel"] + timing["heldout"])
     search_seconds = max(60.0 * args.budget_minutes - (time.perf_counter() - started) - final_seconds, 5.0)
     found = search(args, stages, search_seconds)
     finals = final_programs(args, stages, found)
@@ -238,6 +249,8 @@ def main(argv=None) -> dict:
         "references": {label: {name: r.loss for name, r in scores.items()} for label, scores in reference_scores.items()},
         "search": {**vars(stats), "redundancy": stats.redundancy, "cache_hit_rate": stats.cache_hit_rate,
                    "accepted": len(found.accepted), "best_proxy": found.best.loss},
+        "accepted": [{"text": str(a.program), "proxy": a.proxy_loss, "funnel": a.funnel_loss, "lion_form": is_lion_form(a.program)}
+                     for a in sorted(found.accepted, key=lambda a: a.funnel_loss)],
         "programs": report_programs(stages, finals, found, warm),
     }
     report["found"], report["lion_form_found"] = report_findings(found, report["programs"], warm)

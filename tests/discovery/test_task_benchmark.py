@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -91,3 +92,5 @@ def test_candidate_names_are_unique_so_only_selects_each_one():
 def test_report_names_what_differs_from_the_search_setup():
     assert discovery_tasks.report_stem(discovery_tasks.LION_BETAS, "constant", False) == "discovery_tasks"
     assert discovery_tasks.report_stem((0.95, 0.98), "cosine", True) == "discovery_tasks_lion_0.95_0.98_cosine_layernorm"
+    args = SimpleNamespace(quick=False, only=["text2 b512"], lion_betas=[0.9, 0.99], schedule="cosine", layer_norm=True)
+    assert discovery_tasks.command(args) == 'python benchmarks/discovery_tasks.py --only "text2 b512" --schedule cosine --layer-norm'

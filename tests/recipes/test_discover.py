@@ -48,6 +48,9 @@ def test_recipe_runs_end_to_end_on_tiny_tasks(tmp_path, monkeypatch, capsys):
     assert 0 <= report["search"]["redundancy"] <= 1 and report["search"]["children"] > 0
     assert set(report["references"]) == {"warm start", "lion"}
     assert report["found"] == sum(p["accepted"] and p["heldout"]["beats_adamw"] for p in report["programs"])
+    assert len(report["accepted"]) == report["search"]["accepted"]
+    for accepted in report["accepted"]:
+        assert accepted["funnel"] < 1.0 and accepted["lion_form"] == is_lion_form(parse(accepted["text"]))
     for entry in report["programs"]:
         assert set(entry) >= {"proxy", "funnel", "heldout", "text", "short", "lion_form", "accepted"}
         assert entry["lion_form"] == is_lion_form(parse(entry["text"]))
@@ -60,3 +63,26 @@ def test_recipe_runs_end_to_end_on_tiny_tasks(tmp_path, monkeypatch, capsys):
     DiscoveredOptimizer(small_params(), program=str(saved), lr=1e-3)
     with pytest.raises(SystemExit):
         recipe.arguments(["--budget-minutes", "0"])
+
+
+class _FixedScores:
+    """A stage whose score of a program is looked up by its statement count."""
+
+    def __init__(self, scores: dict[int, float]) -> None:
+        self.scores = scores
+
+    def evaluate(self, program):
+        return type("Result", (), {"loss": self.scores[len(program)]})()
+
+
+@pytest.mark.parametrize("funnel_cost, kept", [(0.005, True), (0.05, False)])
+def test_low_effect_simplification_is_kept_only_when_the_funnel_agrees(funnel_cost, kept):
+    """The near-equivalent program (a low-effect term dropped, proxy score unchanged) replaces the
+    exact simplification only if it costs the funnel at most the tolerance."""
+    recipe = _recipe()
+    program = parse("m = interp(g, m, 0.9); update = sign(m); t1 = g * 0.001; update = update + t1; update = update * lr")
+    exact, near = recipe.simplify(program), recipe.simplify(program, lambda p: 1.0, tolerance=0.01)
+    assert len(near) < len(exact)
+    stages = {"funnel": _FixedScores({len(exact): 0.9, len(near): 0.9 * (1 + funnel_cost)})}
+    chosen = recipe.near_equivalent(program, stages, lambda p: 1.0)
+    assert str(chosen) == str(near if kept else exact)
