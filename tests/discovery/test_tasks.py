@@ -105,20 +105,20 @@ def test_heldout_task_is_unseen_by_the_search_and_the_funnel_uses_other_seeds():
 
 
 def test_cosine_schedule_scales_every_lr_of_the_grid_each_step():
+    def sgd_recording_lrs(seen):
+        def step(w, g, m, v, lr, norm):
+            seen.append(lr.clone())
+            return lr * g, m, v
+        return step
+
     spec = replace(TINY, steps=8, schedule="cosine")
-    seen = []
-
-    def recording_sgd(w, g, m, v, lr, norm):
-        seen.append(lr.clone())
-        return lr * g, m, v
-
-    Task(spec).train(recording_sgd, lrs=(0.001, 0.01))
+    cosine, constant = [], []
+    Task(spec).train(sgd_recording_lrs(cosine), lrs=(0.001, 0.01))
     expected = [0.5 * (1 + math.cos(math.pi * t / 8)) for t in range(8)]
-    assert [float(lr[1, 0] / 0.01) for lr in seen] == pytest.approx(expected, rel=1e-6)
-    assert all(torch.allclose(lr[0] * 10, lr[1]) for lr in seen)
-    constant = []
-    Task(replace(spec, schedule="constant")).train(lambda w, g, m, v, lr, norm: (constant.append(lr) or lr * g, m, v), lrs=(0.01,))
-    assert all(float(lr) == pytest.approx(0.01) for lr in constant)
+    assert [float(lr[1, 0] / 0.01) for lr in cosine] == pytest.approx(expected, rel=1e-6)
+    assert all(torch.allclose(lr[0] * 10, lr[1]) for lr in cosine)
+    Task(replace(spec, schedule="constant")).train(sgd_recording_lrs(constant), lrs=(0.01,))
+    assert all(float(lr) == pytest.approx(0.01) for lr in constant) and len(constant) == 8
     with pytest.raises(ValueError, match="schedule must be one of .* got 'linear'"):
         replace(TINY, schedule="linear")
 

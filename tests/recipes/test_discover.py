@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
@@ -72,7 +73,7 @@ class _FixedScores:
         self.scores = scores
 
     def evaluate(self, program):
-        return type("Result", (), {"loss": self.scores[len(program)]})()
+        return SimpleNamespace(loss=self.scores[len(program)])
 
 
 @pytest.mark.parametrize("funnel_cost, kept", [(0.005, True), (0.05, False)])
