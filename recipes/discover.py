@@ -150,6 +150,9 @@ def near_equivalent(program, stages: dict[str, Suite], proxy_score, tolerance: f
         return exact
     near_funnel, exact_funnel = stages["funnel"].evaluate(near).loss, stages["funnel"].evaluate(exact).loss
     kept = near_funnel <= exact_funnel * (1 + tolerance) and (near_funnel < 1.0 or not exact_funnel < 1.0)
+    if not kept:
+        print(f"  simplify: low-effect edits would take the funnel score from {exact_funnel:.4f} to "
+              f"{near_funnel:.4f}; keeping the exact simplification")
     return near if kept else exact
 
 

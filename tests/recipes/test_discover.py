@@ -77,7 +77,7 @@ class _FixedScores:
 
 
 @pytest.mark.parametrize("funnel_cost, kept", [(0.005, True), (0.05, False)])
-def test_low_effect_simplification_is_kept_only_when_the_funnel_agrees(funnel_cost, kept):
+def test_low_effect_simplification_is_kept_only_when_the_funnel_agrees(funnel_cost, kept, capsys):
     """The near-equivalent program (a low-effect term dropped, proxy score unchanged) replaces the
     exact simplification only if it costs the funnel at most the tolerance."""
     recipe = _recipe()
@@ -87,3 +87,4 @@ def test_low_effect_simplification_is_kept_only_when_the_funnel_agrees(funnel_co
     stages = {"funnel": _FixedScores({len(exact): 0.9, len(near): 0.9 * (1 + funnel_cost)})}
     chosen = recipe.near_equivalent(program, stages, lambda p: 1.0)
     assert str(chosen) == str(near if kept else exact)
+    assert ("keeping the exact simplification" in capsys.readouterr().out) != kept
