@@ -13,8 +13,9 @@ longer, wider and deeper variants, with a constant lr or a cosine decay, with or
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from ..schedules import WarmupSchedule
 
 SCHEDULES = ("constant", "cosine")
 
@@ -48,11 +49,10 @@ class TaskSpec:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"TaskSpec {self.name!r}: schedule must be one of {SCHEDULES}, got {self.schedule!r}")
 
-    def lr_factor(self, step: int) -> float:
-        """The multiplier of every lr at step `step` (0-based) under `schedule`."""
-        if self.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * step / self.steps))
-        return 1.0
+    def lr_schedule(self) -> WarmupSchedule:
+        """The multiplier of every lr at step t (0-based): `schedule`'s shape without warmup, decaying
+        to 0 at `steps` (`lion_integrations.schedules`)."""
+        return WarmupSchedule(0, self.steps, self.schedule)
 
 
 # The proxy suite: ~0.2 s per task and program on one CPU thread.

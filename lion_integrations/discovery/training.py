@@ -112,6 +112,7 @@ class Task:
         m, v = torch.zeros_like(theta), torch.zeros_like(theta)
         generators = [torch.Generator().manual_seed(1000 + seed) for seed in spec.seeds]
         n_train = len(data.train_y)
+        lr_schedule = spec.lr_schedule()
         with torch.no_grad():
             for index in range(spec.steps):
                 rows = torch.stack([torch.randint(n_train, (spec.batch_size,), generator=gen) for gen in generators])
@@ -123,7 +124,7 @@ class Task:
                     loss = F.cross_entropy(logits.reshape(-1, data.classes), y.reshape(-1), reduction="sum")
                     (grad,) = torch.autograd.grad(loss / spec.batch_size, leaf)
                 theta = theta.detach()
-                factor = spec.lr_factor(index)
+                factor = lr_schedule(index)
                 update, m, v = step(theta, grad, m, v, lr if factor == 1.0 else lr * factor, self._segment_norm)
                 theta = theta - as_tensor_like(update, theta)
                 m, v = as_tensor_like(m, theta), as_tensor_like(v, theta)
