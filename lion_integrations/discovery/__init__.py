@@ -5,7 +5,8 @@ execution (`abstract`) with a hash that fingerprints the updates on a fixed rand
 (`equivalence`), mutations (`mutate`), regularized evolution with a fitness cache, restarts and
 funnel selection (`evolution`), simplification (`simplify`), and `DiscoveredOptimizer`, which
 runs any program as a ``torch.optim.Optimizer``. Fitness comes from proxy tasks: their
-specifications (`tasks`), data (`data`), the batched trainer (`training`), the tuned AdamW baseline
+specifications (`tasks`), data (`data`), models (`models`: MLPs, and small transformers for
+measuring tasks), the batched trainer (`training`), the tuned AdamW baseline
 (`baseline`) and the score relative to it (`scoring`). The search itself: ``python recipes/discover.py``.
 """
 

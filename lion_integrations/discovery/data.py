@@ -37,6 +37,7 @@ class Data:
     val_y: torch.Tensor
     classes: int
     features: Callable[[torch.Tensor], torch.Tensor]  # rows of `train` -> dense features
+    tokens: int  # the features are this many tokens of equal width, in order (a transformer's sequence)
 
     @property
     def dim(self) -> int:
@@ -77,7 +78,7 @@ def digits_split(
 @functools.lru_cache(maxsize=None)
 def load_digits_data() -> Data:
     (train, train_y), (val, val_y) = digits_split(DIGITS_TRAIN_IMAGES, seed=0, standardize=True)
-    return Data(train, train_y, val, val_y, DIGITS_CLASSES, lambda rows: rows)
+    return Data(train, train_y, val, val_y, DIGITS_CLASSES, lambda rows: rows, tokens=8)  # a row of pixels each
 
 
 def stdlib_text(chars: int = TEXT_CHARS, reverse: bool = False) -> str:
@@ -117,7 +118,8 @@ def load_text_data(context: int = 8, reverse: bool = False) -> Data:
     def features(rows: torch.Tensor) -> torch.Tensor:
         return F.one_hot(rows, VOCAB).flatten(-2).float()
 
-    return Data(train[:, :context], train[:, context], features(val[:, :context]), val[:, context], VOCAB, features)
+    return Data(train[:, :context], train[:, context], features(val[:, :context]), val[:, context], VOCAB, features,
+                tokens=context)
 
 
 def load_data(name: str, context: int = 8) -> Data:

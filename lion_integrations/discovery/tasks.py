@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..schedules import WarmupSchedule
+from .models import MODELS
 
 SCHEDULES = ("constant", "cosine")
 
@@ -32,7 +33,10 @@ class TaskSpec:
     schedule every program is trained under: "constant", or "cosine" (lr * (1 + cos(pi * t / steps)) / 2
     at step t = 0 .. steps - 1, decaying towards 0). With `layer_norm`, each hidden layer's
     pre-activations are normalized to zero mean and unit variance over its units (no affine
-    parameters) before the ReLU."""
+    parameters) before the ReLU. `model` "transformer" trains `models.Transformer` instead of an MLP:
+    ``len(hidden)`` blocks of width ``hidden[0]`` (all widths equal), over the input's tokens (the
+    text's context characters, a digit's 8 pixel rows); it normalizes every block's input already, so
+    `layer_norm` is for MLPs only."""
 
     name: str
     data: str  # 'digits', 'text' or 'text2'
@@ -44,10 +48,19 @@ class TaskSpec:
     context: int = 8  # characters of context, for text
     schedule: str = "constant"
     layer_norm: bool = False
+    model: str = "mlp"
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"TaskSpec {self.name!r}: schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.model not in MODELS:
+            raise ValueError(f"TaskSpec {self.name!r}: model must be one of {MODELS}, got {self.model!r}")
+        if self.model == "transformer" and len(set(self.hidden)) != 1:
+            raise ValueError(f"TaskSpec {self.name!r}: a transformer's hidden widths must be equal and at least one, "
+                             f"got {self.hidden!r}")
+        if self.model == "transformer" and self.layer_norm:
+            raise ValueError(f"TaskSpec {self.name!r}: layer_norm=True is for MLPs; a transformer normalizes every "
+                             f"block's input already")
 
     def lr_schedule(self) -> WarmupSchedule:
         """The multiplier of every lr at step t (0-based): `schedule`'s shape without warmup, decaying

@@ -1,7 +1,7 @@
-"""The batched trainer: many copies of a task's MLP trained by one program at once.
+"""The batched trainer: many copies of a task's model trained by one program at once.
 
-One evaluation trains ``len(lrs) * len(seeds)`` MLPs together: their weights are rows of one
-``[B, P]`` tensor, layers run as batched matmuls, and the program updates all rows in one call
+One evaluation trains ``len(lrs) * len(seeds)`` models together: their weights are rows of one
+``[B, P]`` tensor, layers run as batched matmuls (`models`), and the program updates all rows in one call
 (lr is a ``[B, 1]`` column; `norm` reduces per model and per parameter tensor). Models with the same
 seed share their initialisation and minibatches across the lr grid. Fitness is the final validation
 cross-entropy, averaged over seeds, at the best lr of the grid (lower is better); a run that
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .data import load_data
 from .execute import as_tensor_like, compile_program
+from .models import MLP, Transformer
 from .program import Program
 from .tasks import TaskSpec
 
@@ -44,26 +45,31 @@ class TaskResult:
         return self.accuracies[self.lr]
 
 
+VAL_CHUNK = 1024  # validation examples per forward pass (bounds a transformer's activations)
+
+
 class Task:
     """A `TaskSpec` ready to run: data loaded, parameter layout fixed."""
 
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
         self.data = load_data(spec.data, spec.context)
-        widths = [self.data.dim, *spec.hidden, self.data.classes]
-        self.shapes: list[tuple[int, ...]] = []
-        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
-            self.shapes += [(fan_in, fan_out), (fan_out,)]
+        data = self.data
+        if spec.model == "transformer":
+            self.model = Transformer(data.dim, data.tokens, spec.hidden[0], len(spec.hidden), data.classes)
+        else:
+            self.model = MLP(data.dim, spec.hidden, data.classes, spec.layer_norm)
+        self.shapes = self.model.shapes
         self.sizes = [math.prod(s) for s in self.shapes]
         self.size = sum(self.sizes)
-        self.penalty = 2 * math.log(self.data.classes)
+        self.penalty = 2 * math.log(data.classes)
 
     def __repr__(self) -> str:
         s = self.spec
         extras = "".join(f", {what}" for what, on in ((f"{s.schedule} lr", s.schedule != "constant"),
                                                       ("layer norm", s.layer_norm)) if on)
-        return (f"Task({s.name}: {s.data}, MLP {self.data.dim}-{'-'.join(map(str, s.hidden))}-{self.data.classes} "
-                f"({self.size} params), {s.steps} steps x {s.batch_size}, {len(s.lrs)} lrs x {len(s.seeds)} seeds{extras})")
+        return (f"Task({s.name}: {s.data}, {self.model.description} ({self.size} params), {s.steps} steps x "
+                f"{s.batch_size}, {len(s.lrs)} lrs x {len(s.seeds)} seeds{extras})")
 
     def _layers(self, theta: torch.Tensor) -> list[torch.Tensor]:
         out, start = [], 0
@@ -73,25 +79,16 @@ class Task:
         return out
 
     def _forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        layers = self._layers(theta)
-        h = x
-        for index in range(0, len(layers), 2):
-            weight, bias = layers[index], layers[index + 1]
-            h = torch.matmul(h, weight) + bias.unsqueeze(1)
-            if index + 2 < len(layers):
-                if self.spec.layer_norm:
-                    h = F.layer_norm(h, h.shape[-1:])
-                h = torch.relu(h)
-        return h
+        return self.model.forward(self._layers(theta), x)
 
     def _init(self, seed: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
         parts = []
-        for shape in self.shapes:
-            if len(shape) == 2:
-                parts.append(torch.randn(shape, generator=generator).flatten() * math.sqrt(2.0 / shape[0]))
+        for shape, std in zip(self.shapes, self.model.stds):
+            if std:
+                parts.append(torch.randn(shape, generator=generator).flatten() * std)
             else:
-                parts.append(torch.zeros(shape))
+                parts.append(torch.zeros(shape).flatten())
         return torch.cat(parts)
 
     def _segment_norm(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,7 +98,7 @@ class Task:
         return sums.repeat_interleave(torch.tensor(self.sizes), dim=-1)
 
     def train(self, step: Callable, lrs: tuple[float, ...] | None = None) -> TaskResult:
-        """Train one MLP per (seed, lr) with `step(w, g, m, v, lr, norm) -> (update, m, v)`."""
+        """Train one model per (seed, lr) with `step(w, g, m, v, lr, norm) -> (update, m, v)`."""
         start = time.perf_counter()
         spec, data = self.spec, self.data
         lrs = tuple(lrs or spec.lrs)
@@ -130,7 +127,7 @@ class Task:
                 m, v = as_tensor_like(m, theta), as_tensor_like(v, theta)
                 if index % 25 == 24 and not torch.isfinite(theta).any(1).any():
                     break
-            logits = self._forward(theta, data.val)  # [batch, n_val, classes]
+            logits = torch.cat([self._forward(theta, chunk) for chunk in data.val.split(VAL_CHUNK)], 1)
             losses = F.cross_entropy(logits.transpose(1, 2), data.val_y.expand(batch, -1), reduction="none").mean(1)
             accuracies = (logits.argmax(-1) == data.val_y).float().mean(1)
         losses = torch.nan_to_num(losses, nan=self.penalty, posinf=self.penalty).clamp(max=self.penalty)

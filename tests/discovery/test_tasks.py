@@ -35,10 +35,11 @@ def test_adamw_step_matches_torch_adamw():
     assert torch.allclose(w, param.detach(), rtol=1e-10, atol=1e-12)
 
 
-def test_batched_training_matches_an_ordinary_loop_with_discovered_optimizer():
+@pytest.mark.parametrize("model", ["mlp", "transformer"])
+def test_batched_training_matches_an_ordinary_loop_with_discovered_optimizer(model):
     """One row of the batched trainer is exactly a model trained by DiscoveredOptimizer on its
     own parameter tensors (norm is per parameter tensor in both)."""
-    spec = replace(TINY, steps=12, seeds=(3,))
+    spec = replace(TINY, steps=12, seeds=(3,), model=model, hidden=(16,))
     task = Task(spec)
     program = "n = norm(g); update = g / (n + 1.0); update = update + sign(interp(g, m, 0.8)); " \
               "update = update * lr; m = interp(g, m, 0.95)"
