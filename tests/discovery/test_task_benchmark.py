@@ -63,6 +63,17 @@ def test_tune_picks_the_lowest_mean_loss_and_reports_each_seed_there():
     assert tuned.lr_at_edge == (tuned.lr in lrs) and tuned.decay_at_edge == (tuned.weight_decay == 1.0)
 
 
+def test_tune_over_beta2_picks_the_best_beta2_and_names_it():
+    spec = replace(TINY, steps=15, seeds=(0, 1))
+    lrs, beta2s = (0.003, 0.03), (0.999, 0.5)
+    tuned = discovery_tasks.tune(spec, discovery_tasks.adamw_step, lrs, (0.0,), beta2s)
+    task = Task(spec)
+    means = {beta2: task.train(discovery_tasks.adamw_step(0.0, beta2), lrs).loss for beta2 in beta2s}
+    assert tuned.beta2 == min(means, key=means.get) and f"beta2 {tuned.beta2:g}" in tuned.cell()
+    assert sum(tuned.seed_losses) / 2 == pytest.approx(means[tuned.beta2], rel=1e-4)
+    assert discovery_tasks.tune(spec, discovery_tasks.adamw_step, lrs, (0.0,), (0.999,)).beta2 is None
+
+
 @pytest.mark.parametrize(
     ("adamw", "lion", "verdict"),
     [
@@ -84,7 +95,7 @@ def test_row_verdict_needs_a_margin_beyond_the_seed_spread_and_every_seed(adamw,
 
 
 def test_candidate_names_are_unique_so_only_selects_each_one():
-    names = [spec.name for spec in discovery_tasks.candidates()]
+    names = [spec.name for model in ("mlp", "transformer") for spec in discovery_tasks.candidates(model)]
     assert len(names) == len(set(names))
     assert all(name == name.strip() and name for name in names)
 
@@ -92,5 +103,14 @@ def test_candidate_names_are_unique_so_only_selects_each_one():
 def test_report_names_what_differs_from_the_search_setup():
     assert discovery_tasks.report_stem(discovery_tasks.LION_BETAS, "constant", False) == "discovery_tasks"
     assert discovery_tasks.report_stem((0.95, 0.98), "cosine", True) == "discovery_tasks_lion_0.95_0.98_cosine_layernorm"
-    args = SimpleNamespace(quick=False, only=["text2 b512"], lion_betas=[0.9, 0.99], schedule="cosine", layer_norm=True)
+    assert discovery_tasks.report_stem(discovery_tasks.LION_BETAS, "cosine", False, "transformer") == \
+        "discovery_tasks_transformer_cosine"
+    args = SimpleNamespace(quick=False, only=["text2 b512"], lion_betas=[0.9, 0.99], schedule="cosine", layer_norm=True,
+                           model="mlp", adamw_beta2=[0.999])
     assert discovery_tasks.command(args) == 'python benchmarks/discovery_tasks.py --only "text2 b512" --schedule cosine --layer-norm'
+    assert discovery_tasks.command(SimpleNamespace(quick=True, only=None, lion_betas=[0.9, 0.99], schedule="constant",
+                                                   layer_norm=False, model="transformer", adamw_beta2=[0.999, 0.95])) == \
+        "python benchmarks/discovery_tasks.py --quick --model transformer --adamw-beta2 0.999 0.95"
+    assert discovery_tasks.report_stem(discovery_tasks.LION_BETAS, "constant", False, "transformer", (0.999, 0.95)) == \
+        "discovery_tasks_transformer_adamw_beta2_0.999_0.95"
+    assert all(spec.model == "transformer" for spec in discovery_tasks.candidates("transformer"))
