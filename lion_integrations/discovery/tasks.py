@@ -7,8 +7,9 @@ seeds) and reports on `HELDOUT` (text the search never sees, a deeper MLP, other
 relative to tuned AdamW (`baseline`, `scoring`).
 
 None of these is in Lion's regime: tuned AdamW beats tuned Lion on each of them and on larger-batch,
-longer, wider and deeper variants, with a constant lr or a cosine decay, with or without layer norm
-(`benchmarks/discovery_tasks.py`, docs/discovery.md).
+longer, wider and deeper variants, with a constant lr or a cosine decay, with or without layer norm,
+and on small transformers once AdamW's beta2 is tuned too (`benchmarks/discovery_tasks.py`,
+docs/discovery.md).
 """
 
 from __future__ import annotations
