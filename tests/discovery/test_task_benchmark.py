@@ -114,3 +114,13 @@ def test_report_names_what_differs_from_the_search_setup():
     assert discovery_tasks.report_stem(discovery_tasks.LION_BETAS, "constant", False, "transformer", (0.999, 0.95)) == \
         "discovery_tasks_transformer_adamw_beta2_0.999_0.95"
     assert all(spec.model == "transformer" for spec in discovery_tasks.candidates("transformer"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--adamw-beta2", "1.0"], "--adamw-beta2: each value must be in [0, 1), got 1"),
+    (["--model", "transformer", "--layer-norm"], "--layer-norm is for MLPs"),
+])
+def test_bad_options_are_refused_before_anything_runs(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        discovery_tasks.main([*argv, "--output-dir", str(tmp_path)])
+    assert message in capsys.readouterr().err and not list(tmp_path.iterdir())
