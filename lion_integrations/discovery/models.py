@@ -61,7 +61,7 @@ class Transformer:
             raise ValueError(f"Invalid tokens: {tokens!r} (the input's {dim} features must split evenly into tokens)")
         if width % HEAD_WIDTH:
             raise ValueError(f"Invalid width: {width!r} (a transformer's width must be a multiple of {HEAD_WIDTH})")
-        self.tokens, self.width, self.blocks = tokens, width, blocks
+        self.tokens, self.blocks = tokens, blocks
         self.token_dim, self.heads = dim // tokens, width // HEAD_WIDTH
         inner = MLP_RATIO * width
         self.shapes = [(self.token_dim, width), (tokens, width)]
