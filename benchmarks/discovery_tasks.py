@@ -1,7 +1,8 @@
 """Which discovery tasks are in Lion's regime: tuned Lion against tuned AdamW on candidate proxy tasks.
 
     python benchmarks/discovery_tasks.py [--quick] [--only NAME ...] [--schedule cosine] [--layer-norm]
-                                         [--model transformer] [--lion-betas B1 B2] [--output-dir benchmarks/results]
+                                         [--model transformer] [--lion-betas B1 B2] [--adamw-beta2 B ...]
+                                         [--adamw-weight-decays WD ...] [--output-dir benchmarks/results]
 
 The program search (`lion_integrations.discovery`) can only find a sign-momentum program from an
 AdamW warm start if Lion beats AdamW on its proxy and funnel tasks. This benchmark measures that
@@ -15,7 +16,8 @@ validation loss chosen:
 * AdamW: the search's baseline protocol (`baseline.tuned_adamw`): torch's bias-corrected AdamW
   (betas 0.9, 0.999) over the task's lr range at 4 lrs a decade, weight decays
   {0, 0.01, 0.03, 0.1, 0.3, 1}; `--adamw-beta2 0.999 0.95` tunes beta2 over those values too
-  (transformers usually train with a beta2 below 0.999).
+  (transformers usually train with a beta2 below 0.999), `--adamw-weight-decays` widens the weight
+  decays (when the chosen one is at the grid's edge).
 * Lion: the builtin `lion` program (betas 0.9, 0.99) with decoupled weight decay (w <- w - update -
   lr * wd * w, as `DiscoveredOptimizer` applies it), 4 lrs a decade over the same range extended a
   decade down (the paper's Lion lr is 3-10x below AdamW's), weight decays 10x AdamW's
@@ -84,6 +86,12 @@ def candidates(model: str = "mlp") -> list[TaskSpec]:
                     lrs=TRANSFORMER_LRS),
             replace(text, name="text2 ctx8 transformer b512 x300", model="transformer", hidden=(32,), context=8,
                     batch_size=512, steps=300, lrs=TRANSFORMER_LRS),
+            replace(digits, name="digits transformer b64", model="transformer", hidden=(32,), batch_size=64,
+                    lrs=TRANSFORMER_LRS),
+            replace(digits, name="digits transformer b128", model="transformer", hidden=(32,), batch_size=128,
+                    lrs=TRANSFORMER_LRS),
+            replace(digits, name="digits transformer 2x32 b128", model="transformer", hidden=(32, 32),
+                    batch_size=128, lrs=TRANSFORMER_LRS),
         ]
     return [
         replace(digits, name="digits (proxy now)"),
@@ -217,15 +225,20 @@ def command(args) -> str:
         words.append(f"--model {args.model}")
     if tuple(args.adamw_beta2) != (ADAMW_BETA2,):
         words.append("--adamw-beta2 " + " ".join(f"{beta2:g}" for beta2 in args.adamw_beta2))
+    if tuple(args.adamw_weight_decays) != ADAMW_WEIGHT_DECAYS:
+        words.append("--adamw-weight-decays " + " ".join(f"{wd:g}" for wd in args.adamw_weight_decays))
     return " ".join(words)
 
 
 def report_stem(betas: tuple[float, float], schedule: str, layer_norm: bool, model: str = "mlp",
-                adamw_beta2s: tuple[float, ...] = (ADAMW_BETA2,)) -> str:
+                adamw_beta2s: tuple[float, ...] = (ADAMW_BETA2,),
+                adamw_weight_decays: tuple[float, ...] = ADAMW_WEIGHT_DECAYS) -> str:
     """The report's file name (without .md): what differs from the search's own setup is named."""
     stem = "discovery_tasks" + ("" if model == "mlp" else f"_{model}")
     if tuple(adamw_beta2s) != (ADAMW_BETA2,):
         stem += "_adamw_beta2_" + "_".join(f"{beta2:g}" for beta2 in adamw_beta2s)
+    if tuple(adamw_weight_decays) != ADAMW_WEIGHT_DECAYS:
+        stem += "_adamw_wd_" + "_".join(f"{wd:g}" for wd in adamw_weight_decays)
     if tuple(betas) != LION_BETAS:
         stem += f"_lion_{betas[0]:g}_{betas[1]:g}"
     if schedule != "constant":
@@ -254,6 +267,9 @@ def main(argv=None) -> None:
     parser.add_argument("--adamw-beta2", nargs="+", type=float, default=[ADAMW_BETA2], metavar="BETA2",
                         help="AdamW's beta2, tuned over these values too (default 0.999, the search baseline's); "
                              "others add _adamw_beta2_<values> to the file name")
+    parser.add_argument("--adamw-weight-decays", nargs="+", type=float, default=list(ADAMW_WEIGHT_DECAYS), metavar="WD",
+                        help="AdamW's weight decays (default the search baseline's 0 0.01 0.03 0.1 0.3 1); "
+                             "others add _adamw_wd_<values> to the file name")
     parser.set_defaults(output_dir=Path("benchmarks/results"))
     args = parser.parse_args(argv)
     if args.layer_norm and args.model == "transformer":
@@ -265,7 +281,11 @@ def main(argv=None) -> None:
     for beta2 in adamw_beta2s:
         if not 0.0 <= beta2 < 1.0:
             parser.error(f"--adamw-beta2: each value must be in [0, 1), got {beta2:g}")
-    stem = report_stem(betas, args.schedule, args.layer_norm, args.model, adamw_beta2s)
+    adamw_weight_decays = tuple(args.adamw_weight_decays)
+    for weight_decay in adamw_weight_decays:
+        if not 0.0 <= weight_decay < math.inf:
+            parser.error(f"--adamw-weight-decays: each value must be a finite number >= 0, got {weight_decay:g}")
+    stem = report_stem(betas, args.schedule, args.layer_norm, args.model, adamw_beta2s, adamw_weight_decays)
     specs = [replace(spec, seeds=seeds, schedule=args.schedule, layer_norm=args.layer_norm)
              for spec in candidates(args.model)]
     if args.only:
@@ -275,7 +295,7 @@ def main(argv=None) -> None:
     head = (f"# Discovery tasks: tuned Lion against tuned AdamW, {len(seeds)} seeds\n\n{machine_line()}; "
             f"`{command(args)}`. Validation cross-entropy, mean ± sd over seeds "
             f"{', '.join(map(str, seeds))}; AdamW tuned over 4 lrs a decade x weight decays "
-            f"{{{', '.join(f'{wd:g}' for wd in ADAMW_WEIGHT_DECAYS)}}} x beta2 "
+            f"{{{', '.join(f'{wd:g}' for wd in adamw_weight_decays)}}} x beta2 "
             f"{{{', '.join(f'{beta2:g}' for beta2 in adamw_beta2s)}}}, Lion over the same density a "
             f"decade lower x {{{', '.join(f'{wd:g}' for wd in LION_WEIGHT_DECAYS)}}}, betas {betas[0]:g}, {betas[1]:g}; "
             f"lr schedule {args.schedule}{', layer norm before each hidden ReLU' if args.layer_norm else ''}"
@@ -286,7 +306,7 @@ def main(argv=None) -> None:
     rows = []
     for spec in specs:
         begin = time.perf_counter()
-        adamw = tune(spec, adamw_step, denser(spec.lrs), ADAMW_WEIGHT_DECAYS, adamw_beta2s)
+        adamw = tune(spec, adamw_step, denser(spec.lrs), adamw_weight_decays, adamw_beta2s)
         lion = tune(spec, functools.partial(lion_step, betas=betas), lion_lrs(spec), LION_WEIGHT_DECAYS)
         rows.append(row(spec, adamw, lion, program_seconds(spec)))
         print(f"{spec.name}: {time.perf_counter() - begin:.0f} s", flush=True)

@@ -106,19 +106,24 @@ def test_report_names_what_differs_from_the_search_setup():
     assert discovery_tasks.report_stem(discovery_tasks.LION_BETAS, "cosine", False, "transformer") == \
         "discovery_tasks_transformer_cosine"
     args = SimpleNamespace(quick=False, only=["text2 b512"], lion_betas=[0.9, 0.99], schedule="cosine", layer_norm=True,
-                           model="mlp", adamw_beta2=[0.999])
+                           model="mlp", adamw_beta2=[0.999], adamw_weight_decays=list(ADAMW_WEIGHT_DECAYS))
     assert discovery_tasks.command(args) == 'python benchmarks/discovery_tasks.py --only "text2 b512" --schedule cosine --layer-norm'
     assert discovery_tasks.command(SimpleNamespace(quick=True, only=None, lion_betas=[0.9, 0.99], schedule="constant",
-                                                   layer_norm=False, model="transformer", adamw_beta2=[0.999, 0.95])) == \
-        "python benchmarks/discovery_tasks.py --quick --model transformer --adamw-beta2 0.999 0.95"
+                                                   layer_norm=False, model="transformer", adamw_beta2=[0.999, 0.95],
+                                                   adamw_weight_decays=[0, 1, 3])) == \
+        "python benchmarks/discovery_tasks.py --quick --model transformer --adamw-beta2 0.999 0.95 --adamw-weight-decays 0 1 3"
     assert discovery_tasks.report_stem(discovery_tasks.LION_BETAS, "constant", False, "transformer", (0.999, 0.95)) == \
         "discovery_tasks_transformer_adamw_beta2_0.999_0.95"
+    assert discovery_tasks.report_stem(discovery_tasks.LION_BETAS, "constant", False, "transformer", (0.999, 0.95),
+                                       (0, 1, 3)) == "discovery_tasks_transformer_adamw_beta2_0.999_0.95_adamw_wd_0_1_3"
     assert all(spec.model == "transformer" for spec in discovery_tasks.candidates("transformer"))
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--adamw-beta2", "1.0"], "--adamw-beta2: each value must be in [0, 1), got 1"),
     (["--model", "transformer", "--layer-norm"], "--layer-norm is for MLPs"),
+    (["--adamw-weight-decays", "0", "-1"], "--adamw-weight-decays: each value must be a finite number >= 0, got -1"),
+    (["--adamw-weight-decays", "inf"], "--adamw-weight-decays: each value must be a finite number >= 0, got inf"),
 ])
 def test_bad_options_are_refused_before_anything_runs(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit):
