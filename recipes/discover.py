@@ -3,12 +3,15 @@
     python recipes/discover.py                    # one CPU-hour (--budget-minutes 60)
     python recipes/discover.py --quick            # about 3 minutes
     python recipes/discover.py --budget-minutes 15 --out runs/discover
+    python recipes/discover.py --tasks transformer  # stages where Lion beats the AdamW baseline
 
 Regularized evolution starts from AdamW and scores children on the proxy suite (small MLPs on the
 digits and on standard-library text); children that beat AdamW there go through the funnel (the same
 data, ~10x the compute, other seeds) and are accepted only if they beat AdamW there too. At the end
 the best accepted programs are simplified and evaluated on a held-out task (a deeper MLP predicting
-characters of standard-library modules the search never saw).
+characters of standard-library modules the search never saw). `--tasks transformer` uses small
+transformers on the digits instead, the only stages measured in Lion's regime (tuned Lion beats the
+baseline's AdamW there; docs/discovery.md): each program costs ~20x as much, so an hour evaluates ~1,000.
 
 Every stage compares with AdamW (torch's, bias-corrected) tuned harder than any candidate: an lr grid
 twice as dense over the same range, and decoupled weight decays {0, 0.01, 0.03, 0.1, 0.3, 1}. A stage's
@@ -36,7 +39,7 @@ from lion_integrations.discovery import (  # noqa: E402
     Search, SearchConfig, Suite, is_lion_form, resolve_program, shortest_text, simplify,
 )
 from lion_integrations.discovery.baseline import ADAMW_WEIGHT_DECAYS, denser  # noqa: E402
-from lion_integrations.discovery.tasks import FUNNEL, HELDOUT, PROXY, lr_grid  # noqa: E402
+from lion_integrations.discovery.tasks import SUITES, lr_grid  # noqa: E402
 
 SIMPLIFY_TOLERANCE = 0.01  # relative score a low-effect simplification may cost, on the proxy and on the funnel
 PAPER_RATES = "the paper reports 69.8% redundant statements and an 89.1% cache-hit rate"
@@ -47,6 +50,9 @@ def arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--budget-minutes", type=float, default=60.0, help="total wall-clock budget (default 60)")
     parser.add_argument("--quick", action="store_true", help="a ~3 minute run: short search, reduced funnel and held-out tasks")
     parser.add_argument("--seed", type=int, default=0, help="seed of the search (default 0)")
+    parser.add_argument("--tasks", choices=tuple(SUITES), default="mlp",
+                        help="the stages' tasks: small MLPs on digits and text (default), or small transformers "
+                             "on the digits, where Lion beats the baseline's AdamW")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; more only adds contention)")
     parser.add_argument("--start", default="adamw", help="warm-start program: a builtin name, program text or a file")
     parser.add_argument("--population", type=int, default=32)
@@ -74,14 +80,21 @@ def shape_of(program) -> str:
     return re.sub(r"\d+(\.\d+)?(e-?\d+)?", "c", shortest_text(program))
 
 
-def stage_specs(quick: bool = False) -> dict[str, tuple]:
-    """Task specs of each stage; `quick` keeps the whole run near three minutes, and the funnel's
-    compute (parameters x steps) still at least 10x the proxy's on each task."""
+def stage_specs(quick: bool = False, tasks: str = "mlp") -> dict[str, tuple]:
+    """Task specs of each stage of `tasks` (a key of `SUITES`). `quick` keeps an MLP run near three
+    minutes, the funnel's compute (parameters x steps) still at least 10x the proxy's on each task; for
+    transformers it trains the funnel and held-out tasks on one seed and 3 lrs."""
+    stages = SUITES[tasks]
     if not quick:
-        return {"proxy": PROXY, "funnel": FUNNEL, "heldout": (HELDOUT,)}
-    funnel = tuple(replace(spec, steps=170, seeds=spec.seeds[:1], lrs=lr_grid(-3.5, -1.5, 1)) for spec in FUNNEL)
-    heldout = (replace(HELDOUT, steps=150, seeds=(20,), hidden=(64,), lrs=lr_grid(-3.5, -1.5, 1)),)
-    return {"proxy": PROXY, "funnel": funnel, "heldout": heldout}
+        return dict(stages)
+    few_lrs = lr_grid(-3.5, -1.5, 1)
+    if tasks == "transformer":
+        return {"proxy": stages["proxy"],
+                **{name: tuple(replace(spec, seeds=spec.seeds[:1], lrs=few_lrs) for spec in stages[name])
+                   for name in ("funnel", "heldout")}}
+    funnel = tuple(replace(spec, steps=170, seeds=spec.seeds[:1], lrs=few_lrs) for spec in stages["funnel"])
+    heldout = tuple(replace(spec, steps=150, seeds=spec.seeds[:1], hidden=(64,), lrs=few_lrs) for spec in stages["heldout"])
+    return {"proxy": stages["proxy"], "funnel": funnel, "heldout": heldout}
 
 
 def tune_adamw(stages: dict[str, Suite]) -> dict[str, float]:
@@ -230,7 +243,7 @@ def main(argv=None) -> dict:
     args = arguments(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    stages = {name: Suite(specs) for name, specs in stage_specs(args.quick).items()}
+    stages = {name: Suite(specs) for name, specs in stage_specs(args.quick, args.tasks).items()}
     for name, suite in stages.items():
         print(f"{name}: {suite}")
     timing = tune_adamw(stages)

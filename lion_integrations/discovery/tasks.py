@@ -1,15 +1,18 @@
-"""The proxy tasks' specifications: small MLPs, their data, training length, lr grids and seeds.
+"""The search's tasks: small MLPs or transformers, their data, training length, lr grids and seeds.
 
-An evaluation trains one MLP per (seed, lr) of a `TaskSpec` on its data set (`data`) with the batched
+An evaluation trains one model per (seed, lr) of a `TaskSpec` on its data set (`data`) with the batched
 trainer (`training`); fitness is the final validation cross-entropy at the best lr of the grid. The
-search scores programs on `PROXY`, checks its best ones on `FUNNEL` (>= 10x the compute, other
-seeds) and reports on `HELDOUT` (text the search never sees, a deeper MLP, other seeds), each
-relative to tuned AdamW (`baseline`, `scoring`).
+search scores programs on a proxy stage, checks its best ones on a funnel stage (more compute, other
+seeds) and reports on a held-out stage, each relative to tuned AdamW (`baseline`, `scoring`).
+`SUITES` holds two setups of the three stages:
 
-None of these is in Lion's regime: tuned AdamW beats tuned Lion on each of them and on larger-batch,
-longer, wider and deeper variants, with a constant lr or a cosine decay, with or without layer norm,
-and on small transformers once AdamW's beta2 is tuned too (`benchmarks/discovery_tasks.py`,
-docs/discovery.md).
+* "mlp" (`PROXY`, `FUNNEL`, `HELDOUT`): MLPs on the digits and on standard-library text; the funnel
+  has >= 10x the proxy's compute, the held-out task is text the search never sees in a deeper MLP.
+  None of these is in Lion's regime: tuned AdamW beats tuned Lion on each of them and on
+  larger-batch, longer, wider and deeper variants, with a constant lr or a cosine decay, with or
+  without layer norm (`benchmarks/discovery_tasks.py`, docs/discovery.md).
+* "transformer": one-block transformers on the digits at a constant lr, where tuned Lion beats the
+  search's AdamW baseline (and at batch 128 also AdamW with its beta2 tuned).
 """
 
 from __future__ import annotations
@@ -78,4 +81,23 @@ FUNNEL_TEXT = TaskSpec("text2", "text2", (128,), steps=300, batch_size=64, lrs=l
 # Held out: text the search never sees (other modules), a deeper MLP, other seeds.
 HELDOUT = TaskSpec("heldout", "text", (192, 192), steps=400, batch_size=128, lrs=lr_grid(-4.0, -1.5), seeds=(20, 21))
 PROXY, FUNNEL = (PROXY_DIGITS, PROXY_TEXT), (FUNNEL_DIGITS, FUNNEL_TEXT)
+
+# Stages in Lion's regime by the search's own baseline (AdamW, betas 0.9, 0.999, tuned over lr and
+# weight decay): one-block transformers on the digits at a constant lr. The proxy takes ~4 s per program
+# on one thread, the funnel twice the proxy's compute (twice the batch), the held-out task a second
+# block; each has its own seeds. The held-out task shares the digits' data with the others.
+PROXY_DIGITS_TRANSFORMER = TaskSpec("digits transformer", "digits", (32,), steps=150, batch_size=128,
+                                    lrs=lr_grid(-3.5, -1.0), seeds=(0, 1), model="transformer")
+FUNNEL_DIGITS_TRANSFORMER = TaskSpec("digits transformer b256", "digits", (32,), steps=150, batch_size=256,
+                                     lrs=lr_grid(-3.5, -1.0), seeds=(10, 11), model="transformer")
+HELDOUT_DIGITS_TRANSFORMER = TaskSpec("heldout transformer 2x32", "digits", (32, 32), steps=150, batch_size=128,
+                                      lrs=lr_grid(-3.5, -1.0), seeds=(20, 21), model="transformer")
+
+SUITES = {
+    "mlp": {"proxy": PROXY, "funnel": FUNNEL, "heldout": (HELDOUT,)},
+    "transformer": {"proxy": (PROXY_DIGITS_TRANSFORMER,), "funnel": (FUNNEL_DIGITS_TRANSFORMER,),
+                    "heldout": (HELDOUT_DIGITS_TRANSFORMER,)},
+}
+"""Each search setup's stages: {setup: {"proxy" | "funnel" | "heldout": task specs}}."""
+
 TINY = TaskSpec("tiny", "digits", (16,), steps=40, batch_size=32, lrs=lr_grid(-3.0, -2.0), seeds=(0,))
