@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
@@ -42,6 +43,7 @@ from lion_integrations.discovery.baseline import ADAMW_WEIGHT_DECAYS, denser  # 
 from lion_integrations.discovery.tasks import SUITES, lr_grid  # noqa: E402
 
 SIMPLIFY_TOLERANCE = 0.01  # relative score a low-effect simplification may cost, on the proxy and on the funnel
+SIMPLIFY_EVALUATIONS = 20  # proxy evaluations the budget keeps for each final program's low-effect edits
 PAPER_RATES = "the paper reports 69.8% redundant statements and an 89.1% cache-hit rate"
 
 
@@ -97,16 +99,16 @@ def stage_specs(quick: bool = False, tasks: str = "mlp") -> dict[str, tuple]:
     return {"proxy": stages["proxy"], "funnel": funnel, "heldout": heldout}
 
 
-def tune_adamw(stages: dict[str, Suite]) -> dict[str, float]:
-    """Tune AdamW on every task (the references of every score) and print it; the seconds one
-    training run takes per stage, which sizes the time left for the search."""
+class OutOfTime(Exception):
+    """The budget left no time for another evaluation in the final stage's simplification."""
+
+
+def tune_adamw(stages: dict[str, Suite]) -> None:
+    """Tune AdamW on every task (the references of every score) and print it."""
     decays = ", ".join(f"{wd:g}" for wd in ADAMW_WEIGHT_DECAYS)
     print(f"\nTuned AdamW (lr grid at 4 a decade x weight decay {{{decays}}}) per task:")
-    timing = {}
     for name, suite in stages.items():
-        begin = time.perf_counter()
         reference = suite.adamw()
-        timing[name] = (time.perf_counter() - begin) / len(ADAMW_WEIGHT_DECAYS)
         for task, result in reference.parts.items():
             decay, lrs = suite.reference_decays[task], denser(suite.tasks[task].spec.lrs)
             edge = [what for what, at_edge in (("lr", result.lr in (min(lrs), max(lrs))),
@@ -114,7 +116,6 @@ def tune_adamw(stages: dict[str, Suite]) -> dict[str, float]:
             note = f"  (best {' and '.join(edge)} at the edge of the grid)" if edge else ""
             print(f"  {name:8s} {task:8s} loss {result.loss:.4f} (acc {result.accuracy:.3f}) at lr {result.lr:g}, "
                   f"wd {decay:g}{note}")
-    return timing
 
 
 def score_references(args: argparse.Namespace, stages: dict[str, Suite]) -> dict[str, dict]:
@@ -158,7 +159,11 @@ def near_equivalent(program, stages: dict[str, Suite], proxy_score, tolerance: f
     """`program` simplified with low-effect edits (each keeping its proxy score within `tolerance`), or
     only exactly when those edits cost the funnel more than `tolerance` or its win over AdamW."""
     exact = simplify(program)
-    near = simplify(program, proxy_score, tolerance=tolerance)
+    try:
+        near = simplify(program, proxy_score, tolerance=tolerance)
+    except OutOfTime:
+        print("  simplify: the budget ran out before the low-effect edits; keeping the exact simplification")
+        return exact
     if str(near) == str(exact):
         return exact
     near_funnel, exact_funnel = stages["funnel"].evaluate(near).loss, stages["funnel"].evaluate(exact).loss
@@ -169,15 +174,19 @@ def near_equivalent(program, stages: dict[str, Suite], proxy_score, tolerance: f
     return near if kept else exact
 
 
-def final_programs(args: argparse.Namespace, stages: dict[str, Suite], found) -> list:
+def final_programs(args: argparse.Namespace, stages: dict[str, Suite], found, deadline: float = math.inf) -> list:
     """Up to --top simplified programs for the held-out stage: accepted programs by funnel score, else
     the best proxy programs (reported as not accepted); one per shape (programs that differ only in
-    constants count once)."""
+    constants count once). Low-effect edits stop at `deadline` (a `time.perf_counter()` value)."""
     if found.accepted:
         pool = [a.program for a in sorted(found.accepted, key=lambda a: a.funnel_loss)]
     else:
         pool = [member.program for member in found.top(10 * args.top)]
-    proxy_score = lambda p: stages["proxy"].evaluate(p).loss  # noqa: E731
+    def proxy_score(program) -> float:
+        if time.perf_counter() > deadline:
+            raise OutOfTime
+        return stages["proxy"].evaluate(program).loss
+
     finals, shapes = [], set()
     for program in pool:
         if len(finals) >= args.top:
@@ -246,15 +255,20 @@ def main(argv=None) -> dict:
     stages = {name: Suite(specs) for name, specs in stage_specs(args.quick, args.tasks).items()}
     for name, suite in stages.items():
         print(f"{name}: {suite}")
-    timing = tune_adamw(stages)
+    tune_adamw(stages)
     reference_scores = score_references(args, stages)
 
-    # Leave time for the final stage: simplification (~40 proxy and 2 funnel evaluations a program),
-    # then one funnel and one held-out evaluation per program.
-    final_seconds = args.top * (40 * timing["proxy"] + 3 * timing["funnel"] + timing["heldout"])
-    search_seconds = max(60.0 * args.budget_minutes - (time.perf_counter() - started) - final_seconds, 5.0)
+    # Leave time for the final stage, per program: its low-effect simplification (up to
+    # SIMPLIFY_EVALUATIONS proxy evaluations, cut short at the deadline, then 2 funnel evaluations),
+    # then one evaluation on every stage. A program evaluation costs what the warm start's did.
+    seconds = {name: sum(part.seconds for part in result.parts.values())
+               for name, result in reference_scores["warm start"].items()}
+    scoring_seconds = args.top * (seconds["proxy"] + 3 * seconds["funnel"] + seconds["heldout"])
+    final_seconds = scoring_seconds + args.top * SIMPLIFY_EVALUATIONS * seconds["proxy"]
+    budget_seconds = 60.0 * args.budget_minutes
+    search_seconds = max(budget_seconds - (time.perf_counter() - started) - final_seconds, 5.0)
     found = search(args, stages, search_seconds)
-    finals = final_programs(args, stages, found)
+    finals = final_programs(args, stages, found, deadline=started + budget_seconds - scoring_seconds)
 
     stats = found.stats
     warm = reference_scores["warm start"]

@@ -106,3 +106,15 @@ def test_low_effect_simplification_is_kept_only_when_the_funnel_agrees(funnel_co
     chosen = recipe.near_equivalent(program, stages, lambda p: 1.0)
     assert str(chosen) == str(near if kept else exact)
     assert ("keeping the exact simplification" in capsys.readouterr().out) != kept
+
+
+def test_low_effect_simplification_stops_at_the_deadline(capsys):
+    """Past the final stage's deadline no proxy evaluation runs: each program keeps its exact
+    simplification, and the recipe says so."""
+    recipe = _recipe()
+    program = parse("m = interp(g, m, 0.9); update = sign(m); t1 = g * 0.001; update = update + t1; update = update * lr")
+    stages = {"proxy": _FixedScores({}), "funnel": _FixedScores({})}  # any evaluation would raise KeyError
+    found = SimpleNamespace(accepted=[], top=lambda count: [SimpleNamespace(program=program)])
+    finals = recipe.final_programs(SimpleNamespace(top=1), stages, found, deadline=float("-inf"))
+    assert [str(p) for p in finals] == [str(recipe.simplify(program))]
+    assert "the budget ran out before the low-effect edits" in capsys.readouterr().out
