@@ -11,7 +11,7 @@ data, ~10x the compute, other seeds) and are accepted only if they beat AdamW th
 the best accepted programs are simplified and evaluated on a held-out task (a deeper MLP predicting
 characters of standard-library modules the search never saw). `--tasks transformer` uses small
 transformers on the digits instead, the only stages measured in Lion's regime (tuned Lion beats the
-baseline's AdamW there; docs/discovery.md): each program costs ~20x as much, so an hour evaluates ~1,000.
+baseline's AdamW there; docs/discovery.md): each program costs ~20x as much, so an hour evaluates under 1,000.
 
 Every stage compares with AdamW (torch's, bias-corrected) tuned harder than any candidate: an lr grid
 twice as dense over the same range, and decoupled weight decays {0, 0.01, 0.03, 0.1, 0.3, 1}. A stage's
@@ -182,6 +182,7 @@ def final_programs(args: argparse.Namespace, stages: dict[str, Suite], found, de
         pool = [a.program for a in sorted(found.accepted, key=lambda a: a.funnel_loss)]
     else:
         pool = [member.program for member in found.top(10 * args.top)]
+
     def proxy_score(program) -> float:
         if time.perf_counter() > deadline:
             raise OutOfTime
