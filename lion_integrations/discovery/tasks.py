@@ -17,7 +17,7 @@ seeds) and reports on a held-out stage, each relative to tuned AdamW (`baseline`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..schedules import WarmupSchedule
 from .models import MODELS
@@ -88,10 +88,10 @@ PROXY, FUNNEL = (PROXY_DIGITS, PROXY_TEXT), (FUNNEL_DIGITS, FUNNEL_TEXT)
 # block; each has its own seeds. The held-out task shares the digits' data with the others.
 PROXY_DIGITS_TRANSFORMER = TaskSpec("digits transformer", "digits", (32,), steps=150, batch_size=128,
                                     lrs=lr_grid(-3.5, -1.0), seeds=(0, 1), model="transformer")
-FUNNEL_DIGITS_TRANSFORMER = TaskSpec("digits transformer b256", "digits", (32,), steps=150, batch_size=256,
-                                     lrs=lr_grid(-3.5, -1.0), seeds=(10, 11), model="transformer")
-HELDOUT_DIGITS_TRANSFORMER = TaskSpec("heldout transformer 2x32", "digits", (32, 32), steps=150, batch_size=128,
-                                      lrs=lr_grid(-3.5, -1.0), seeds=(20, 21), model="transformer")
+FUNNEL_DIGITS_TRANSFORMER = replace(PROXY_DIGITS_TRANSFORMER, name="digits transformer b256", batch_size=256,
+                                    seeds=(10, 11))
+HELDOUT_DIGITS_TRANSFORMER = replace(PROXY_DIGITS_TRANSFORMER, name="heldout transformer 2x32", hidden=(32, 32),
+                                     seeds=(20, 21))
 
 SUITES = {
     "mlp": {"proxy": PROXY, "funnel": FUNNEL, "heldout": (HELDOUT,)},
