@@ -99,10 +99,6 @@ def stage_specs(quick: bool = False, tasks: str = "mlp") -> dict[str, tuple]:
     return {"proxy": stages["proxy"], "funnel": funnel, "heldout": heldout}
 
 
-class OutOfTime(Exception):
-    """The budget left no time for another evaluation in the final stage's simplification."""
-
-
 def tune_adamw(stages: dict[str, Suite]) -> None:
     """Tune AdamW on every task (the references of every score) and print it."""
     decays = ", ".join(f"{wd:g}" for wd in ADAMW_WEIGHT_DECAYS)
@@ -155,15 +151,15 @@ def search(args: argparse.Namespace, stages: dict[str, Suite], seconds: float):
     return found
 
 
-def near_equivalent(program, stages: dict[str, Suite], proxy_score, tolerance: float = SIMPLIFY_TOLERANCE):
-    """`program` simplified with low-effect edits (each keeping its proxy score within `tolerance`), or
-    only exactly when those edits cost the funnel more than `tolerance` or its win over AdamW."""
+def near_equivalent(program, stages: dict[str, Suite], proxy_score, tolerance: float = SIMPLIFY_TOLERANCE,
+                    deadline: float = math.inf):
+    """`program` simplified with low-effect edits (each keeping its proxy score within `tolerance`; none
+    evaluated after `deadline`, a `time.perf_counter()` value), or only exactly when those edits cost
+    the funnel more than `tolerance` or its win over AdamW."""
     exact = simplify(program)
-    try:
-        near = simplify(program, proxy_score, tolerance=tolerance)
-    except OutOfTime:
-        print("  simplify: the budget ran out before the low-effect edits; keeping the exact simplification")
-        return exact
+    near = simplify(program, proxy_score, tolerance=tolerance, deadline=deadline)
+    if time.perf_counter() > deadline:
+        print("  simplify: the budget ran out during the low-effect edits; keeping those made by then")
     if str(near) == str(exact):
         return exact
     near_funnel, exact_funnel = stages["funnel"].evaluate(near).loss, stages["funnel"].evaluate(exact).loss
@@ -182,17 +178,12 @@ def final_programs(args: argparse.Namespace, stages: dict[str, Suite], found, de
         pool = [a.program for a in sorted(found.accepted, key=lambda a: a.funnel_loss)]
     else:
         pool = [member.program for member in found.top(10 * args.top)]
-
-    def proxy_score(program) -> float:
-        if time.perf_counter() > deadline:
-            raise OutOfTime
-        return stages["proxy"].evaluate(program).loss
-
+    proxy_score = lambda p: stages["proxy"].evaluate(p).loss  # noqa: E731
     finals, shapes = [], set()
     for program in pool:
         if len(finals) >= args.top:
             break
-        simple = near_equivalent(program, stages, proxy_score)
+        simple = near_equivalent(program, stages, proxy_score, deadline=deadline)
         if shape_of(simple) in shapes:
             continue
         shapes.add(shape_of(simple))

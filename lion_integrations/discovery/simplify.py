@@ -13,12 +13,17 @@
    the loss stays within tolerance.
 5. Temporaries renamed t1, t2, ... in order.
 
+With a `deadline` (a `time.perf_counter()` value), passes 3 and 4 start no evaluation after it and
+keep the edits made by then.
+
 `shortest_text` then inlines temporaries used once, so Lion prints as
 ``update = sign(interp(g, m, 0.9)) * lr; m = interp(g, m, 0.99)``.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Callable
 
 from .abstract import analyze, prune
@@ -101,13 +106,20 @@ def _variants(program: Program, index: int) -> list[Program]:
     return out
 
 
-def _memoized(evaluate: Callable[[Program], float]) -> Callable[[Program], float]:
-    """`evaluate` cached by program hash (equal hashes mean equal updates)."""
+class _OutOfTime(Exception):
+    """The deadline passed before an evaluation."""
+
+
+def _memoized(evaluate: Callable[[Program], float], deadline: float = math.inf) -> Callable[[Program], float]:
+    """`evaluate` cached by program hash (equal hashes mean equal updates); raises `_OutOfTime`
+    instead of evaluating after `deadline`."""
     cache: dict[str, float] = {}
 
     def cached(program: Program) -> float:
         key = analyze(program).hash
         if key not in cache:
+            if time.perf_counter() > deadline:
+                raise _OutOfTime
             cache[key] = evaluate(program)
         return cache[key]
 
@@ -126,12 +138,25 @@ def simplify(
     tolerance: float = 0.01,
     log: Callable[[str], None] | None = None,
     max_sweeps: int = 3,
+    deadline: float = math.inf,
 ) -> Program:
     """The shortest equivalent (or, with `evaluate`, near-equivalent) program; see the module docstring."""
     log = log or (lambda message: None)
     current = propagate(prune(program))
     if evaluate is not None:
-        evaluate = _memoized(evaluate)
+        try:
+            current = _low_effect_edits(current, _memoized(evaluate, deadline), tolerance, log, max_sweeps)
+        except _OutOfTime as stop:
+            log("  simplify: out of time; keeping the edits made so far")
+            current = stop.args[0]
+        current = propagate(prune(current))
+    return rename(current)
+
+
+def _low_effect_edits(current: Program, evaluate, tolerance: float, log, max_sweeps: int) -> Program:
+    """Passes 3 and 4 of the module docstring on `current`, with a memoized `evaluate`; when that
+    raises `_OutOfTime`, raises `_OutOfTime(the program edited so far)`."""
+    try:
         base = evaluate(current)
         limit = base * (1 + tolerance) if base >= 0 else base * (1 - tolerance)
         for _ in range(max_sweeps):  # low-effect statements, last first
@@ -160,8 +185,9 @@ def simplify(
                         log(f"  simplify: {format_arg(arg)} -> {format_arg(value)}")
                         current = candidate
                         break
-        current = propagate(prune(current))
-    return rename(current)
+    except _OutOfTime:
+        raise _OutOfTime(current) from None
+    return current
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """Simplification (lion_integrations.discovery.simplify): known redundancy removed exactly, copies
-dropped, and with a loss only the statements and digits that matter kept."""
+dropped, with a loss only the statements and digits that matter kept, and a deadline keeping the edits
+made before it."""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
@@ -95,3 +98,22 @@ def test_simplify_with_a_synthetic_loss_keeps_what_it_rewards():
     simple = simplify(program, loss, tolerance=0.01)
     assert shortest_text(simple) == "update = sign(g) * 0.12 * lr"  # 0.1 would cost 2%, 0.12 costs nothing
     assert loss(simple) == 1.0
+
+
+def test_simplify_keeps_the_edits_made_before_its_deadline(monkeypatch):
+    """No evaluation starts after the deadline, and the low-effect edits accepted by then are kept."""
+    program = parse("m = interp(g, m, 0.9); update = sign(m); t1 = g * 0.001; update = update + t1; "
+                    "t2 = w * 0.002; update = update + t2; update = update * lr")
+    evaluated = []
+
+    def evaluate(candidate) -> float:
+        evaluated.append(candidate)
+        return 1.0  # every edit within tolerance
+
+    unlimited = simplify(program, evaluate)
+    unlimited_evaluations, evaluated[:] = len(evaluated), []
+    module = importlib.import_module("lion_integrations.discovery.simplify")  # the package exports the function
+    monkeypatch.setattr(module, "time", SimpleNamespace(perf_counter=lambda: len(evaluated)))
+    cut = simplify(program, evaluate, deadline=2)  # the base and two edits are evaluated, then time is up
+    assert len(evaluated) == 3 < unlimited_evaluations
+    assert len(unlimited) < len(cut) < len(simplify(program))

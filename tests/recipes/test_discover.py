@@ -117,4 +117,4 @@ def test_low_effect_simplification_stops_at_the_deadline(capsys):
     found = SimpleNamespace(accepted=[], top=lambda count: [SimpleNamespace(program=program)])
     finals = recipe.final_programs(SimpleNamespace(top=1), stages, found, deadline=float("-inf"))
     assert [str(p) for p in finals] == [str(recipe.simplify(program))]
-    assert "the budget ran out before the low-effect edits" in capsys.readouterr().out
+    assert "the budget ran out during the low-effect edits" in capsys.readouterr().out
