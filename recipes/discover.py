@@ -89,14 +89,11 @@ def stage_specs(quick: bool = False, tasks: str = "mlp") -> dict[str, tuple]:
     stages = SUITES[tasks]
     if not quick:
         return dict(stages)
-    few_lrs = lr_grid(-3.5, -1.5, 1)
-    if tasks == "transformer":
-        return {"proxy": stages["proxy"],
-                **{name: tuple(replace(spec, seeds=spec.seeds[:1], lrs=few_lrs) for spec in stages[name])
-                   for name in ("funnel", "heldout")}}
-    funnel = tuple(replace(spec, steps=170, seeds=spec.seeds[:1], lrs=few_lrs) for spec in stages["funnel"])
-    heldout = tuple(replace(spec, steps=150, seeds=spec.seeds[:1], hidden=(64,), lrs=few_lrs) for spec in stages["heldout"])
-    return {"proxy": stages["proxy"], "funnel": funnel, "heldout": heldout}
+    shorter = {"funnel": {"steps": 170}, "heldout": {"steps": 150, "hidden": (64,)}} if tasks == "mlp" else {}
+    return {"proxy": stages["proxy"],
+            **{name: tuple(replace(spec, seeds=spec.seeds[:1], lrs=lr_grid(-3.5, -1.5, 1), **shorter.get(name, {}))
+                           for spec in stages[name])
+               for name in ("funnel", "heldout")}}
 
 
 def tune_adamw(stages: dict[str, Suite]) -> None:

@@ -144,18 +144,13 @@ def simplify(
     log = log or (lambda message: None)
     current = propagate(prune(program))
     if evaluate is not None:
-        try:
-            current = _low_effect_edits(current, _memoized(evaluate, deadline), tolerance, log, max_sweeps)
-        except _OutOfTime as stop:
-            log("  simplify: out of time; keeping the edits made so far")
-            current = stop.args[0]
-        current = propagate(prune(current))
+        current = propagate(prune(_low_effect_edits(current, _memoized(evaluate, deadline), tolerance, log, max_sweeps)))
     return rename(current)
 
 
 def _low_effect_edits(current: Program, evaluate, tolerance: float, log, max_sweeps: int) -> Program:
     """Passes 3 and 4 of the module docstring on `current`, with a memoized `evaluate`; when that
-    raises `_OutOfTime`, raises `_OutOfTime(the program edited so far)`."""
+    raises `_OutOfTime`, the program edited so far."""
     try:
         base = evaluate(current)
         limit = base * (1 + tolerance) if base >= 0 else base * (1 - tolerance)
@@ -186,7 +181,7 @@ def _low_effect_edits(current: Program, evaluate, tolerance: float, log, max_swe
                         current = candidate
                         break
     except _OutOfTime:
-        raise _OutOfTime(current) from None
+        log("  simplify: out of time; keeping the edits made so far")
     return current
 
 
